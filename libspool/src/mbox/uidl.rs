@@ -1,0 +1,1 @@
+//! Stable UIDLs for mbox messages. OWNER: mbox helper.

@@ -1,0 +1,1 @@
+//! Reading and writing the client's descriptors with deadlines. OWNER: lead.
