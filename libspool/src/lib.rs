@@ -4,6 +4,7 @@
 //! writer) is shared by every program; `mailbox`, `mbox`, `maildir`, `lock`, `journal` and
 //! `session` are the transaction side that only `pop-serve`, `pop-deliver` and `pop-spool` use.
 
+pub mod canon;
 pub mod error;
 pub mod journal;
 pub mod limits;
