@@ -20,7 +20,10 @@ pub struct CanonOptions {
 
 impl CanonOptions {
     /// Maildir: nothing to unquote, nothing to hide.
-    pub const PLAIN: CanonOptions = CanonOptions { quoting: None, hide_spool_headers: false };
+    pub const PLAIN: CanonOptions = CanonOptions {
+        quoting: None,
+        hide_spool_headers: false,
+    };
 }
 
 /// Size of the canonical form of the `len` raw bytes read from `src`.

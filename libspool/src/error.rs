@@ -44,9 +44,10 @@ impl MailboxError {
             MailboxError::BadPath(why) => {
                 (Some(RespCode::SysPerm), format!("no usable mailbox: {why}"))
             }
-            MailboxError::NotAMailbox(_) => {
-                (Some(RespCode::SysPerm), "mailbox is not a file or Maildir".into())
-            }
+            MailboxError::NotAMailbox(_) => (
+                Some(RespCode::SysPerm),
+                "mailbox is not a file or Maildir".into(),
+            ),
             MailboxError::MessageGone => (None, "message was removed by another client".into()),
             MailboxError::Changed(_) => (
                 Some(RespCode::SysTemp),

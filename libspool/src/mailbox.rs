@@ -112,7 +112,13 @@ pub fn state_paths(state_dir: &Path, mailbox: &Path) -> StatePaths {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     let stem = format!("{name}-{h:016x}");
@@ -163,7 +169,16 @@ pub trait Mailbox {
     ) -> Result<(), RetrieveError>;
     /// The UPDATE state: removes `deleted` messages (and marks `retrieved` ones seen where the
     /// format does that), all or nothing. On error the mailbox is as it was.
-    fn commit(&mut self, deleted: &[bool], retrieved: &[bool]) -> Result<CommitSummary, MailboxError>;
+    fn commit(
+        &mut self,
+        deleted: &[bool],
+        retrieved: &[bool],
+    ) -> Result<CommitSummary, MailboxError>;
+    /// Problems found while opening (data before the first `From `, a truncated last message,
+    /// a broken stale lock...), for the session's log. Never shown to the client.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A mailbox that does not exist or is empty: the fast path, no lock taken, no file created.
@@ -207,9 +222,18 @@ mod tests {
 
     #[test]
     fn spec_parsing() {
-        assert_eq!(MailboxSpec::parse("mbox:/x/y"), MailboxSpec::Mbox("/x/y".into()));
-        assert_eq!(MailboxSpec::parse("maildir:/x/y"), MailboxSpec::Maildir("/x/y".into()));
-        assert_eq!(MailboxSpec::parse("./Maildir/"), MailboxSpec::Maildir("./Maildir/".into()));
+        assert_eq!(
+            MailboxSpec::parse("mbox:/x/y"),
+            MailboxSpec::Mbox("/x/y".into())
+        );
+        assert_eq!(
+            MailboxSpec::parse("maildir:/x/y"),
+            MailboxSpec::Maildir("/x/y".into())
+        );
+        assert_eq!(
+            MailboxSpec::parse("./Maildir/"),
+            MailboxSpec::Maildir("./Maildir/".into())
+        );
         assert_eq!(
             MailboxSpec::parse("/nonexistent/file"),
             MailboxSpec::Mbox("/nonexistent/file".into())

@@ -1,1 +1,220 @@
-//! Reading and writing the client's descriptors with deadlines. OWNER: lead.
+//! Reading and writing the client's descriptors with deadlines.
+//!
+//! The client is on fds 0 and 1 (a pipe, a socketpair from systemd, or one socket duplicated on
+//! both by inetd or tcpserver). Both are switched to non-blocking mode and every read or write
+//! waits in `poll` with a deadline, so a client that stops reading or drips bytes can never
+//! hold a session past its limits. Nothing here knows about POP3.
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// What one timed read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Data(usize),
+    Eof,
+    TimedOut,
+}
+
+/// Where a session's commands come from.
+pub trait ClientInput {
+    /// Reads what is available into `buf`, waiting at most until `deadline`.
+    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome>;
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Milliseconds until `deadline` for poll, saturated, at least 0.
+fn poll_timeout(deadline: Instant) -> PollTimeout {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_millis().min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
+fn wait_for(fd: BorrowedFd<'_>, what: PollFlags, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let mut fds = [PollFd::new(fd, what)];
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(0) => {
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A client descriptor read with deadlines.
+pub struct FdInput {
+    fd: RawFd,
+}
+
+impl FdInput {
+    /// Takes fd `fd` (normally 0) and makes it non-blocking.
+    pub fn new(fd: RawFd) -> io::Result<FdInput> {
+        // SAFETY: the caller hands us a descriptor that stays open for the process's life.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        set_nonblocking(b)?;
+        Ok(FdInput { fd })
+    }
+}
+
+impl ClientInput for FdInput {
+    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome> {
+        // SAFETY: fd stays open for the life of self (see new).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        loop {
+            match nix::unistd::read(self.fd, buf) {
+                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(n) => return Ok(ReadOutcome::Data(n)),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if !wait_for(fd, PollFlags::POLLIN, deadline)? {
+                        return Ok(ReadOutcome::TimedOut);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                // A reset connection is the client going away, not an error of ours.
+                Err(nix::errno::Errno::ECONNRESET) => return Ok(ReadOutcome::Eof),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A client descriptor written with a per-write progress deadline: each write must make
+/// progress within `timeout`, else the write fails with `TimedOut`.
+pub struct FdOutput {
+    fd: RawFd,
+    timeout: Duration,
+}
+
+impl FdOutput {
+    /// Takes fd `fd` (normally 1) and makes it non-blocking.
+    pub fn new(fd: RawFd, timeout: Duration) -> io::Result<FdOutput> {
+        // SAFETY: the caller hands us a descriptor that stays open for the process's life.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        set_nonblocking(b)?;
+        Ok(FdOutput { fd, timeout })
+    }
+}
+
+impl Write for FdOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: fd stays open for the life of self (see new).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match nix::unistd::write(fd, buf) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if !wait_for(fd, PollFlags::POLLOUT, deadline)? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client stopped reading",
+                        ));
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An in-memory client for tests: hands out its script in the given chunk sizes, then EOF
+/// (or a timeout, to test timeouts without waiting).
+pub struct ScriptedInput {
+    data: Vec<u8>,
+    pos: usize,
+    chunk: usize,
+    end_with_timeout: bool,
+}
+
+impl ScriptedInput {
+    pub fn new(data: &[u8], chunk: usize) -> ScriptedInput {
+        ScriptedInput {
+            data: data.to_vec(),
+            pos: 0,
+            chunk: chunk.max(1),
+            end_with_timeout: false,
+        }
+    }
+    /// After the script, report a timeout instead of EOF.
+    pub fn then_timeout(mut self) -> ScriptedInput {
+        self.end_with_timeout = true;
+        self
+    }
+}
+
+impl ClientInput for ScriptedInput {
+    fn read_until(&mut self, buf: &mut [u8], _deadline: Instant) -> io::Result<ReadOutcome> {
+        if self.pos >= self.data.len() {
+            return Ok(if self.end_with_timeout {
+                ReadOutcome::TimedOut
+            } else {
+                ReadOutcome::Eof
+            });
+        }
+        let n = self.chunk.min(buf.len()).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(ReadOutcome::Data(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_times_out_on_silent_pipe() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let mut input = FdInput::new(r.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        let t = Instant::now();
+        let out = input
+            .read_until(&mut buf, Instant::now() + Duration::from_millis(50))
+            .unwrap();
+        assert_eq!(out, ReadOutcome::TimedOut);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn read_sees_data_and_eof() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"abc").unwrap();
+        drop(w);
+        let mut input = FdInput::new(r.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            input.read_until(&mut buf, far).unwrap(),
+            ReadOutcome::Data(3)
+        );
+        assert_eq!(input.read_until(&mut buf, far).unwrap(), ReadOutcome::Eof);
+    }
+
+    #[test]
+    fn write_times_out_when_reader_stalls() {
+        let (_r, w) = nix::unistd::pipe().unwrap();
+        let mut out = FdOutput::new(w.as_raw_fd(), Duration::from_millis(50)).unwrap();
+        let big = vec![b'x'; 1 << 20];
+        let err = out.write_all(&big).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,1 +1,271 @@
-fn main() {}
+//! pop-serve: POP3 TRANSACTION and UPDATE on stdin/stdout for one mailbox, run as the mail
+//! user after a checkpassword program, a drop-in for qmail-pop3d.
+//!
+//! Exit status: 0 once the client has been answered (even with `-ERR`, so a qmail-popup-style
+//! front end adds nothing); 100 for a usage error; 111 when the client could not be answered.
+
+use clap::Parser;
+use libspool::log::{client_address, Level, LogTarget, Logger};
+use libspool::mailbox::{self, MailboxSpec, OpenOptions};
+use libspool::mbox::Quoting;
+use libspool::pop3::response;
+use libspool::session::{self, Expire, SessionConfig};
+use libspool::spoolpath;
+use libspool::timeio::{FdInput, FdOutput};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Output buffer: large enough that RETR streams in big writes, small enough to be cheap.
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pop-serve",
+    version,
+    about = "POP3 transaction server for one mailbox (runs as the mail user)"
+)]
+struct Args {
+    /// The mailbox: `mbox:PATH`, `maildir:PATH`, or a bare path (a directory or a path ending
+    /// in `/` is a Maildir, as qmail-pop3d's `./Maildir/`). Default: `$USER`'s hashed spool mbox.
+    mailbox: Option<String>,
+
+    /// Root of the hashed spool used when no MAILBOX is given.
+    #[arg(long, default_value = "/var/spool/mail")]
+    spool_dir: PathBuf,
+
+    /// Levels of hashing in the spool: 1 = c/claird, 2 = c/cl/claird, 0 = flat.
+    #[arg(long, default_value_t = 1)]
+    hash_depth: u8,
+
+    /// How `>From ` lines of an mbox are read: mboxrd (one `>` removed) or mboxo (as stored).
+    #[arg(long, default_value = "mboxrd", value_parser = parse_quoting)]
+    mbox_quoting: Quoting,
+
+    /// Pass spool-internal headers (Status, X-Status, X-UID, X-IMAP, X-IMAPbase, X-Keywords,
+    /// Content-Length) through to clients instead of hiding them.
+    #[arg(long)]
+    show_spool_headers: bool,
+
+    /// Where the session lock, the update journal and the index live (default
+    /// `$HOME/.popspool`); the mail user must be able to write there.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+
+    /// The setgid-mail helper that takes the dotlock where the user may not create files
+    /// (default: `pop-dotlock` beside this program, if present).
+    #[arg(long)]
+    dotlock_helper: Option<PathBuf>,
+
+    /// Never use a dotlock helper.
+    #[arg(long, conflicts_with = "dotlock_helper")]
+    no_dotlock_helper: bool,
+
+    /// Seconds to wait for the mailbox content lock before `-ERR [SYS/TEMP]`.
+    #[arg(long, default_value_t = libspool::limits::CONTENT_LOCK_WAIT.as_secs())]
+    lock_timeout: u64,
+
+    /// Seconds without a command before the session ends (nothing is deleted).
+    #[arg(long, default_value_t = libspool::limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
+
+    /// Seconds a started command line may take to complete.
+    #[arg(long, default_value_t = libspool::limits::DEFAULT_LINE_DEADLINE.as_secs())]
+    line_timeout: u64,
+
+    /// Bad commands in a row before the session is ended.
+    #[arg(long, default_value_t = libspool::limits::DEFAULT_MAX_BAD_COMMANDS)]
+    max_bad_commands: u32,
+
+    /// Present only the oldest N messages in a session (a policy for draining huge boxes).
+    #[arg(long)]
+    max_messages: Option<usize>,
+
+    /// Advertise RFC 2449 EXPIRE: a number of days, or `never`.
+    #[arg(long, value_parser = parse_expire)]
+    expire: Option<Expire>,
+
+    /// Advertise RFC 2449 LOGIN-DELAY in seconds.
+    #[arg(long)]
+    login_delay: Option<u64>,
+
+    /// Maildir: leave retrieved messages in new/ instead of moving them to cur/ with the S flag.
+    #[arg(long)]
+    maildir_keep_new: bool,
+
+    /// Where logs go: syslog (facility mail), stderr, or none. Under inetd stderr is the
+    /// client's socket: use stderr only where it is not.
+    #[arg(long, default_value = "syslog")]
+    log: LogTarget,
+
+    /// Serve even when running as root (qmail-pop3d refuses; so do we by default).
+    #[arg(long)]
+    allow_root: bool,
+}
+
+fn parse_quoting(s: &str) -> Result<Quoting, String> {
+    match s {
+        "mboxrd" => Ok(Quoting::Mboxrd),
+        "mboxo" => Ok(Quoting::Mboxo),
+        _ => Err("expected mboxrd or mboxo".into()),
+    }
+}
+
+fn parse_expire(s: &str) -> Result<Expire, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Expire::Never);
+    }
+    s.parse::<u32>()
+        .map(Expire::Days)
+        .map_err(|_| "expected a number of days or `never`".into())
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let _ = e.print();
+            return ExitCode::from(100);
+        }
+    };
+    let log = Logger::new("pop-serve", args.log);
+    let started = Instant::now();
+    let user = std::env::var("USER").unwrap_or_default();
+    let addr = client_address();
+
+    let out = match FdOutput::new(1, libspool::limits::WRITE_TIMEOUT) {
+        Ok(o) => o,
+        Err(e) => {
+            log.log(
+                Level::Err,
+                &format!("user={user} addr={addr} cannot use stdout: {e}"),
+            );
+            return ExitCode::from(111);
+        }
+    };
+    let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, out);
+    let refuse = |out: &mut BufWriter<FdOutput>, code, text: &str, logged: &str| {
+        log.log(Level::Err, &format!("user={user} addr={addr} {logged}"));
+        let _ = response::err(out, code, text);
+        let _ = out.flush();
+        ExitCode::SUCCESS
+    };
+
+    if !args.allow_root && nix::unistd::getuid().is_root() {
+        return refuse(
+            &mut out,
+            Some(response::RespCode::SysPerm),
+            "server misconfigured",
+            "refusing to run as root (use --allow-root)",
+        );
+    }
+    let spec = match &args.mailbox {
+        Some(m) => MailboxSpec::parse(m),
+        None => match spoolpath::hashed_path(&args.spool_dir, user.as_bytes(), args.hash_depth) {
+            Ok(p) => MailboxSpec::Mbox(p),
+            Err(e) => {
+                return refuse(
+                    &mut out,
+                    Some(response::RespCode::SysPerm),
+                    "no usable mailbox",
+                    &format!("no mailbox for $USER: {e:?}"),
+                )
+            }
+        },
+    };
+    let state_dir = match (&args.state_dir, std::env::var_os("HOME")) {
+        (Some(d), _) => d.clone(),
+        (None, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".popspool"),
+        _ => {
+            return refuse(
+                &mut out,
+                Some(response::RespCode::SysPerm),
+                "no usable mailbox",
+                "neither --state-dir nor $HOME is set",
+            )
+        }
+    };
+    let mut opts = OpenOptions::with_state_dir(state_dir);
+    opts.quoting = args.mbox_quoting;
+    opts.hide_spool_headers = !args.show_spool_headers;
+    opts.content_lock_wait = Duration::from_secs(args.lock_timeout);
+    opts.max_messages = args.max_messages;
+    opts.maildir_mark_seen = !args.maildir_keep_new;
+    opts.dotlock_helper = if args.no_dotlock_helper {
+        None
+    } else {
+        args.dotlock_helper.clone().or_else(default_helper)
+    };
+
+    let mut mbox = match mailbox::open(&spec, &opts) {
+        Ok(m) => m,
+        Err(e) => {
+            let (code, text) = e.response();
+            return refuse(
+                &mut out,
+                code,
+                &text,
+                &format!("mailbox={} {e}", spec.path().display()),
+            );
+        }
+    };
+    for w in mbox.warnings() {
+        log.log(
+            Level::Warning,
+            &format!("user={user} mailbox={} {w}", spec.path().display()),
+        );
+    }
+    let mut input = match FdInput::new(0) {
+        Ok(i) => i,
+        Err(e) => {
+            log.log(
+                Level::Err,
+                &format!("user={user} addr={addr} cannot use stdin: {e}"),
+            );
+            return ExitCode::from(111);
+        }
+    };
+    let cfg = SessionConfig {
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        line_deadline: Duration::from_secs(args.line_timeout),
+        max_bad_commands: args.max_bad_commands.max(1),
+        expire: args.expire,
+        login_delay: args.login_delay,
+    };
+    let r = session::run(&mut *mbox, &mut input, &mut out, &cfg);
+    let level = match r.end {
+        session::EndReason::Quit | session::EndReason::ClientClosed => Level::Info,
+        _ => Level::Warning,
+    };
+    log.log(
+        level,
+        &format!(
+            "user={user} addr={addr} messages={} retrieved={} retrieved_bytes={} deleted={} \
+             deleted_bytes={} left={} duration_ms={} end={}",
+            r.messages,
+            r.retrieved,
+            r.retrieved_bytes,
+            r.deleted,
+            r.deleted_bytes,
+            r.left,
+            started.elapsed().as_millis(),
+            r.end
+        ),
+    );
+    ExitCode::SUCCESS
+}
+
+/// `pop-dotlock` installed beside this program.
+fn default_helper() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let helper = exe.parent()?.join("pop-dotlock");
+    helper.is_file().then_some(helper)
+}

@@ -14,9 +14,15 @@ pub enum Command {
     User(Vec<u8>),
     /// The rest of the line after `PASS `, spaces included (RFC 1939 allows them).
     Pass(Vec<u8>),
-    Apop { name: Vec<u8>, digest: Vec<u8> },
+    Apop {
+        name: Vec<u8>,
+        digest: Vec<u8>,
+    },
     /// `AUTH` alone (list mechanisms), or `AUTH mech [initial-response]`.
-    Auth { mechanism: Option<Vec<u8>>, initial: Option<Vec<u8>> },
+    Auth {
+        mechanism: Option<Vec<u8>>,
+        initial: Option<Vec<u8>>,
+    },
     Stls,
     // any state
     Capa,

@@ -1,0 +1,293 @@
+//! Whole sessions against an in-memory mailbox, over scripted input in every chunk size.
+
+use super::*;
+use crate::mailbox::CommitSummary;
+use crate::timeio::ScriptedInput;
+
+/// An in-memory mailbox whose messages are already canonical.
+struct FakeBox {
+    msgs: Vec<(Vec<u8>, String)>,
+    commits: Vec<Vec<bool>>,
+    fail_commit: bool,
+    /// Message index whose retrieve fails after `+OK`.
+    break_during: Option<usize>,
+    gone: Option<usize>,
+}
+
+impl FakeBox {
+    fn new(n: usize) -> FakeBox {
+        let msgs = (1..=n)
+            .map(|i| {
+                let body = format!("Subject: m{i}\r\n\r\n.dot line\r\nbody {i}\r\n").into_bytes();
+                (body, format!("uid{i}"))
+            })
+            .collect();
+        FakeBox {
+            msgs,
+            commits: vec![],
+            fail_commit: false,
+            break_during: None,
+            gone: None,
+        }
+    }
+}
+
+impl Mailbox for FakeBox {
+    fn count(&self) -> usize {
+        self.msgs.len()
+    }
+    fn size(&self, i: usize) -> u64 {
+        self.msgs[i].0.len() as u64
+    }
+    fn uidl(&self, i: usize) -> &str {
+        &self.msgs[i].1
+    }
+    fn retrieve(
+        &mut self,
+        i: usize,
+        body_lines: Option<u64>,
+        sink: &mut dyn RetrieveSink,
+    ) -> Result<(), RetrieveError> {
+        if self.gone == Some(i) {
+            return Err(RetrieveError::BeforeStart(MailboxError::MessageGone));
+        }
+        sink.begin()
+            .map_err(|e| RetrieveError::During(MailboxError::Io("write", e)))?;
+        if self.break_during == Some(i) {
+            return Err(RetrieveError::During(MailboxError::MessageGone));
+        }
+        let m = &self.msgs[i].0;
+        let data: &[u8] = match body_lines {
+            None => m,
+            Some(0) => &m[..m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4],
+            Some(_) => m,
+        };
+        sink.write_all(data)
+            .map_err(|e| RetrieveError::During(MailboxError::Io("write", e)))
+    }
+    fn commit(&mut self, deleted: &[bool], _r: &[bool]) -> Result<CommitSummary, MailboxError> {
+        if self.fail_commit {
+            return Err(MailboxError::LockTimeout("/x".into()));
+        }
+        self.commits.push(deleted.to_vec());
+        Ok(CommitSummary::default())
+    }
+}
+
+fn session(mbox: &mut FakeBox, script: &str, chunk: usize) -> (String, SessionReport) {
+    let mut input = ScriptedInput::new(script.as_bytes(), chunk);
+    let mut out = Vec::new();
+    let report = run(mbox, &mut input, &mut out, &SessionConfig::default());
+    (String::from_utf8(out).unwrap(), report)
+}
+
+#[test]
+fn greeting_is_qmail_pop3d_ok() {
+    let (out, r) = session(&mut FakeBox::new(0), "", 1);
+    assert_eq!(out, "+OK \r\n");
+    assert!(matches!(r.end, EndReason::ClientClosed));
+}
+
+#[test]
+fn stat_list_uidl_and_sizes_agree_with_retr() {
+    let mut b = FakeBox::new(3);
+    let (out, _) = session(&mut b, "STAT\r\nLIST\r\nUIDL 2\r\nRETR 1\r\nQUIT\r\n", 512);
+    let size = b.msgs[0].0.len();
+    assert!(out.contains(&format!("+OK 3 {}\r\n", size * 3)));
+    assert!(out.contains(&format!(
+        "+OK 3 messages ({} octets)\r\n1 {size}\r\n2 {size}\r\n3 {size}\r\n.\r\n",
+        size * 3
+    )));
+    assert!(out.contains("+OK 2 uid2\r\n"));
+    // Byte-stuffed line, terminator.
+    assert!(out.contains(&format!(
+        "+OK {size} octets\r\nSubject: m1\r\n\r\n..dot line\r\nbody 1\r\n.\r\n"
+    )));
+    assert!(out.ends_with("+OK popspool signing off (3 messages left)\r\n"));
+    assert!(
+        b.commits.is_empty(),
+        "read-only session must not commit: {:?}",
+        b.commits
+    );
+}
+
+#[test]
+fn same_output_whatever_the_chunking() {
+    let script =
+        "capa\r\nStAt\r\nlist\r\nuidl\r\nretr 2\r\ntop 1 0\r\ndele 1\r\nlist 1\r\nrset\r\n\
+                  bogus\r\nlist 0\r\nlist -1\r\nlist 99999999999999999999\r\nnoop\nquit\r\n";
+    let (whole, _) = session(&mut FakeBox::new(3), script, 4096);
+    for chunk in 1..=512 {
+        let (got, _) = session(&mut FakeBox::new(3), script, chunk);
+        assert_eq!(got, whole, "chunk size {chunk}");
+    }
+}
+
+#[test]
+fn message_numbers_never_wrap() {
+    let mut b = FakeBox::new(2);
+    let (out, _) = session(
+        &mut b,
+        "RETR 0\r\nRETR 3\r\nRETR 4294967297\r\nRETR -1\r\nRETR x\r\nDELE 1\r\nRETR 1\r\nQUIT\r\n",
+        7,
+    );
+    let errs: Vec<&str> = out.lines().filter(|l| l.starts_with("-ERR")).collect();
+    assert_eq!(errs.len(), 6, "{out}");
+    assert!(
+        !out.contains("Subject: m1"),
+        "nothing of message 1 may be sent: {out}"
+    );
+    assert_eq!(b.commits, vec![vec![true, false]]);
+}
+
+#[test]
+fn deleted_messages_are_invisible() {
+    let mut b = FakeBox::new(3);
+    let size = b.msgs[0].0.len();
+    let (out, _) = session(
+        &mut b,
+        "DELE 2\r\nSTAT\r\nLIST\r\nUIDL\r\nLIST 2\r\nUIDL 2\r\nDELE 2\r\n",
+        3,
+    );
+    assert!(out.contains(&format!("+OK 2 {}\r\n", size * 2)));
+    assert!(out.contains(&format!("1 {size}\r\n3 {size}\r\n.\r\n")));
+    assert!(out.contains("1 uid1\r\n3 uid3\r\n.\r\n"));
+    assert_eq!(out.matches("-ERR message is deleted").count(), 3);
+}
+
+#[test]
+fn no_quit_no_update() {
+    let mut b = FakeBox::new(2);
+    let (_, r) = session(&mut b, "DELE 1\r\nDELE 2\r\n", 1);
+    assert!(b.commits.is_empty());
+    assert_eq!(r.deleted, 0);
+    assert!(matches!(r.end, EndReason::ClientClosed));
+}
+
+#[test]
+fn timeout_means_no_update() {
+    let mut b = FakeBox::new(2);
+    let mut input = ScriptedInput::new(b"DELE 1\r\n", 100).then_timeout();
+    let mut out = Vec::new();
+    let r = run(&mut b, &mut input, &mut out, &SessionConfig::default());
+    assert!(matches!(r.end, EndReason::IdleTimeout));
+    assert!(b.commits.is_empty());
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .ends_with("-ERR idle for too long, closing\r\n"));
+}
+
+#[test]
+fn quit_commits_and_reports_failure() {
+    let mut b = FakeBox::new(2);
+    let (out, r) = session(&mut b, "DELE 1\r\nQUIT\r\n", 64);
+    assert_eq!(b.commits, vec![vec![true, false]]);
+    assert_eq!(r.deleted, 1);
+    assert!(out.ends_with("+OK popspool signing off (1 messages left)\r\n"));
+
+    let mut b = FakeBox::new(2);
+    b.fail_commit = true;
+    let (out, r) = session(&mut b, "DELE 1\r\nQUIT\r\n", 64);
+    assert!(out.ends_with("no messages were deleted\r\n"), "{out}");
+    assert!(out.contains("-ERR [SYS/TEMP]"));
+    assert_eq!(r.deleted, 0);
+}
+
+#[test]
+fn rset_undeletes() {
+    let mut b = FakeBox::new(2);
+    session(&mut b, "DELE 1\r\nRSET\r\nQUIT\r\n", 64);
+    assert!(b.commits.is_empty());
+}
+
+#[test]
+fn too_many_bad_commands_disconnects() {
+    let script = "x\r\n".repeat(crate::limits::DEFAULT_MAX_BAD_COMMANDS as usize + 5);
+    let (out, r) = session(&mut FakeBox::new(1), &script, 512);
+    assert!(matches!(r.end, EndReason::TooManyBadCommands));
+    assert_eq!(
+        out.matches("-ERR").count(),
+        crate::limits::DEFAULT_MAX_BAD_COMMANDS as usize + 1
+    );
+}
+
+#[test]
+fn good_commands_reset_the_bad_count() {
+    let script = "x\r\nNOOP\r\n".repeat(50) + "QUIT\r\n";
+    let (_, r) = session(&mut FakeBox::new(1), &script, 512);
+    assert!(matches!(r.end, EndReason::Quit));
+}
+
+#[test]
+fn overlong_line_is_one_error_and_session_stays_in_step() {
+    let script = format!("NOOP {}\r\nSTAT\r\nQUIT\r\n", "a".repeat(1 << 20));
+    let (out, _) = session(&mut FakeBox::new(1), &script, 4096);
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK ");
+    assert!(lines[1].starts_with("-ERR"), "{out}");
+    assert!(lines[2].starts_with("+OK 1 "), "{out}");
+}
+
+#[test]
+fn auth_commands_are_refused_after_login() {
+    let (out, _) = session(&mut FakeBox::new(1), "USER x\r\nPASS y\r\nQUIT\r\n", 512);
+    assert_eq!(out.matches("-ERR already authenticated").count(), 2);
+}
+
+#[test]
+fn vanished_message_is_a_clean_err() {
+    let mut b = FakeBox::new(2);
+    b.gone = Some(0);
+    let (out, r) = session(&mut b, "RETR 1\r\nRETR 2\r\nQUIT\r\n", 512);
+    assert!(out.contains("-ERR message was removed by another client\r\n"));
+    assert!(matches!(r.end, EndReason::Quit));
+}
+
+#[test]
+fn failure_mid_message_ends_without_update() {
+    let mut b = FakeBox::new(2);
+    b.break_during = Some(1);
+    let (_, r) = session(&mut b, "DELE 1\r\nRETR 2\r\nQUIT\r\n", 512);
+    assert!(matches!(r.end, EndReason::RetrieveFailed(_)));
+    assert!(b.commits.is_empty());
+}
+
+#[test]
+fn capa_advertises_policies() {
+    let cfg = SessionConfig {
+        expire: Some(Expire::Days(30)),
+        login_delay: Some(900),
+        ..SessionConfig::default()
+    };
+    let mut input = ScriptedInput::new(b"CAPA\r\n", 512);
+    let mut out = Vec::new();
+    run(&mut FakeBox::new(0), &mut input, &mut out, &cfg);
+    let out = String::from_utf8(out).unwrap();
+    for c in [
+        "TOP",
+        "UIDL",
+        "RESP-CODES",
+        "PIPELINING",
+        "EXPIRE 30",
+        "LOGIN-DELAY 900",
+    ] {
+        assert!(
+            out.contains(&format!("\r\n{c}\r\n")),
+            "{c} missing in {out}"
+        );
+    }
+}
+
+#[test]
+fn last_tracks_highest_accessed() {
+    let (out, _) = session(
+        &mut FakeBox::new(3),
+        "LAST\r\nRETR 2\r\nLAST\r\nRSET\r\nLAST\r\n",
+        512,
+    );
+    let lasts: Vec<&str> = out
+        .lines()
+        .filter(|l| *l == "+OK 0" || *l == "+OK 2")
+        .collect();
+    assert_eq!(lasts, vec!["+OK 0", "+OK 2", "+OK 0"]);
+}
