@@ -9,8 +9,14 @@ use libspool::pop3::line::{Line, LineBuffer};
 fuzz_target!(|data: &[u8]| {
     // First byte: the limit (small limits reach the edge cases faster; 255 is the real one).
     // Second byte: chunk size seed. The rest: the client's bytes.
-    let [limit, seed, input @ ..] = data else { return };
-    let max = if *limit == 0xff { 255 } else { usize::from(*limit % 32) };
+    let [limit, seed, input @ ..] = data else {
+        return;
+    };
+    let max = if *limit == 0xff {
+        255
+    } else {
+        usize::from(*limit % 32)
+    };
     let chunk = usize::from(*seed).max(1);
 
     let mut whole = LineBuffer::new(max);
