@@ -52,8 +52,11 @@ pub struct Message {
 impl Message {
     pub fn simple(i: usize) -> Message {
         Message {
-            from_line: format!("From sender{i}@example.org Mon Jan  1 00:00:{:02} 2024", i % 60)
-                .into_bytes(),
+            from_line: format!(
+                "From sender{i}@example.org Mon Jan  1 00:00:{:02} 2024",
+                i % 60
+            )
+            .into_bytes(),
             headers: vec![
                 format!("Message-ID: <{i}@gen.example>").into_bytes(),
                 format!("Subject: message {i}").into_bytes(),
@@ -175,7 +178,11 @@ pub fn varied(seed: u64, n: usize) -> Vec<Message> {
         .map(|i| {
             let mut m = Message::simple(i);
             if rng.chance(30) {
-                m.headers.push("Subject: =?UTF-8?Q?caf=C3=A9?= 8bit caf\u{e9}".as_bytes().to_vec());
+                m.headers.push(
+                    "Subject: =?UTF-8?Q?caf=C3=A9?= 8bit caf\u{e9}"
+                        .as_bytes()
+                        .to_vec(),
+                );
             }
             if rng.chance(20) {
                 m.headers.push(b"X-Folded: first".to_vec());

@@ -14,7 +14,11 @@ pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
-    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -41,7 +45,9 @@ pub fn serve_args(state: &std::path::Path) -> Vec<String> {
 /// Looks for a program on PATH.
 pub fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(prog)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
     })
 }
 

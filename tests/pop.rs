@@ -13,14 +13,20 @@ pub struct Client<R: Read, W: Write> {
 
 impl<R: Read, W: Write> Client<R, W> {
     pub fn new(r: R, w: W) -> Self {
-        Client { r: BufReader::new(r), w }
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
     }
 
     /// One status line, CRLF stripped; panics on EOF or a bare LF ending.
     pub fn line(&mut self) -> String {
         let mut buf = Vec::new();
         self.r.read_until(b'\n', &mut buf).expect("read");
-        assert!(buf.ends_with(b"\r\n"), "response not CRLF-terminated: {buf:?}");
+        assert!(
+            buf.ends_with(b"\r\n"),
+            "response not CRLF-terminated: {buf:?}"
+        );
         buf.truncate(buf.len() - 2);
         String::from_utf8(buf).expect("status line is UTF-8")
     }
@@ -45,7 +51,11 @@ impl<R: Read, W: Write> Client<R, W> {
             let mut buf = Vec::new();
             let n = self.r.read_until(b'\n', &mut buf).expect("read");
             assert!(n > 0, "EOF inside a multi-line response");
-            assert!(buf.ends_with(b"\r\n"), "body line without CRLF: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                buf.ends_with(b"\r\n"),
+                "body line without CRLF: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             if buf == b".\r\n" {
                 return out;
             }
@@ -60,7 +70,11 @@ impl<R: Read, W: Write> Client<R, W> {
 
     /// A multi-line listing as lines.
     pub fn listing(&mut self) -> Vec<String> {
-        String::from_utf8(self.body()).unwrap().lines().map(|l| l.to_string()).collect()
+        String::from_utf8(self.body())
+            .unwrap()
+            .lines()
+            .map(|l| l.to_string())
+            .collect()
     }
 
     /// Reads until EOF, returning what came.
@@ -80,7 +94,10 @@ pub struct Served {
 impl Served {
     pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Served {
         let mut cmd = Command::new(crate::bin("pop-serve"));
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

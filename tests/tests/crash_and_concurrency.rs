@@ -13,7 +13,11 @@ fn big_messages(n: usize, lines: usize) -> Vec<Message> {
     (0..n)
         .map(|i| {
             let mut m = Message::simple(i);
-            m.body = Some((0..lines).map(|k| format!("{i:05} line {k:06} {}", "x".repeat(80)).into_bytes()).collect());
+            m.body = Some(
+                (0..lines)
+                    .map(|k| format!("{i:05} line {k:06} {}", "x".repeat(80)).into_bytes())
+                    .collect(),
+            );
             m
         })
         .collect()
@@ -42,8 +46,12 @@ fn sigkill_during_update_never_loses_or_duplicates() {
     let msgs = big_messages(300, 300); // ~28 MB: the compaction takes a while
     let original = gen::mbox_bytes(&msgs);
     let deleted = [0usize, 2, 150, 299];
-    let kept: Vec<Message> =
-        msgs.iter().enumerate().filter(|(i, _)| !deleted.contains(i)).map(|(_, m)| m.clone()).collect();
+    let kept: Vec<Message> = msgs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !deleted.contains(i))
+        .map(|(_, m)| m.clone())
+        .collect();
     let committed = gen::mbox_bytes(&kept);
 
     // How long a whole QUIT takes, to spread the kills over it.
@@ -103,7 +111,11 @@ fn deliveries_racing_sessions_lose_nothing() {
             for k in 0..N {
                 let mut m = Message::simple(k);
                 m.headers = vec![format!("Subject: seq {k}").into_bytes()];
-                let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
                 let opts = libspool::lock::LockOptions {
                     helper: None,
                     wait: Duration::from_secs(30),
@@ -135,7 +147,14 @@ fn deliveries_racing_sessions_lose_nothing() {
         for i in 1..=n {
             assert!(s.client.cmd(&format!("RETR {i}")).starts_with("+OK"));
             let body = String::from_utf8(s.client.body()).unwrap();
-            let k: usize = body.lines().next().unwrap().strip_prefix("Subject: seq ").unwrap().parse().unwrap();
+            let k: usize = body
+                .lines()
+                .next()
+                .unwrap()
+                .strip_prefix("Subject: seq ")
+                .unwrap()
+                .parse()
+                .unwrap();
             *seen.entry(k).or_default() += 1;
             assert!(s.client.cmd(&format!("DELE {i}")).starts_with("+OK"));
         }
@@ -155,7 +174,14 @@ fn deliveries_racing_sessions_lose_nothing() {
     s.client.cmd("QUIT");
     s.finish();
     let keys: Vec<usize> = seen.keys().copied().collect();
-    assert_eq!(keys, (0..N).collect::<Vec<_>>(), "every delivered message was retrieved");
-    assert!(seen.values().all(|&v| v == 1), "each message retrieved exactly once: {seen:?}");
+    assert_eq!(
+        keys,
+        (0..N).collect::<Vec<_>>(),
+        "every delivered message was retrieved"
+    );
+    assert!(
+        seen.values().all(|&v| v == 1),
+        "each message retrieved exactly once: {seen:?}"
+    );
     eprintln!("{sessions} sessions raced {N} deliveries");
 }

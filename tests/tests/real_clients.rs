@@ -22,7 +22,11 @@ impl Drop for Listener {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn fixture() -> PathBuf {
@@ -36,14 +40,20 @@ enum Launcher {
 }
 
 fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
-    let mut chain: Vec<String> = vec![fixture().display().to_string(), bin("pop-serve").display().to_string()];
+    let mut chain: Vec<String> = vec![
+        fixture().display().to_string(),
+        bin("pop-serve").display().to_string(),
+    ];
     chain.extend(serve_args(&dir.join("state")));
     chain.push(mailbox.to_string());
     let port = free_port();
     let mut cmd = match how {
         Launcher::Tcpserver => {
             let Some(t) = which("tcpserver") else {
-                skip("tcpserver tests", "tcpserver not installed (Debian package ucspi-tcp)");
+                skip(
+                    "tcpserver tests",
+                    "tcpserver not installed (Debian package ucspi-tcp)",
+                );
                 return None;
             };
             let mut c = Command::new(t);
@@ -52,7 +62,10 @@ fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
         }
         Launcher::SocketActivate => {
             let Some(t) = which("systemd-socket-activate") else {
-                skip("systemd-socket-activate tests", "systemd-socket-activate not installed (package systemd)");
+                skip(
+                    "systemd-socket-activate tests",
+                    "systemd-socket-activate not installed (package systemd)",
+                );
                 return None;
             };
             let mut c = Command::new(t);
@@ -60,7 +73,10 @@ fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
             c
         }
     };
-    cmd.args(&chain).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(&chain)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = cmd.spawn().expect("start listener");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -87,14 +103,24 @@ fn curl_retrieves(how: Launcher) {
         return;
     };
     let (dir, msgs, mb) = setup(21, 8);
-    let Some(l) = launch(how, dir.path(), &mb) else { return };
+    let Some(l) = launch(how, dir.path(), &mb) else {
+        return;
+    };
     for (i, m) in msgs.iter().enumerate() {
         let out = Command::new(&curl)
             .args(["-s", "-S", "--max-time", "20"])
-            .arg(format!("pop3://tester:secret@127.0.0.1:{}/{}", l.port, i + 1))
+            .arg(format!(
+                "pop3://tester:secret@127.0.0.1:{}/{}",
+                l.port,
+                i + 1
+            ))
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, m.canonical(), "curl RETR {}", i + 1);
     }
     let out = Command::new(&curl)
@@ -142,18 +168,35 @@ fn poplib_session(how: Launcher) {
         return;
     };
     let (dir, msgs, mb) = setup(22, 12);
-    let Some(l) = launch(how, dir.path(), &mb) else { return };
+    let Some(l) = launch(how, dir.path(), &mb) else {
+        return;
+    };
     let out = Command::new(py)
-        .args(["-c", POPLIB_SCRIPT, &l.port.to_string(), &msgs.len().to_string()])
+        .args([
+            "-c",
+            POPLIB_SCRIPT,
+            &l.port.to_string(),
+            &msgs.len().to_string(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "poplib: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "poplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let total: usize = msgs.iter().map(|m| m.canonical().len()).sum();
-    assert!(text.contains(&format!("\"stat\": [{}, {total}]", msgs.len())), "{text}");
+    assert!(
+        text.contains(&format!("\"stat\": [{}, {total}]", msgs.len())),
+        "{text}"
+    );
     // poplib's octet count for RETR is the wire size, stuffing included; LIST is the canonical.
     for (i, m) in msgs.iter().enumerate() {
-        assert!(text.contains(&format!("\"{} {}\"", i + 1, m.canonical().len())), "{text}");
+        assert!(
+            text.contains(&format!("\"{} {}\"", i + 1, m.canonical().len())),
+            "{text}"
+        );
     }
     drop(l);
     // Messages 1 and n were deleted at QUIT; the rest are byte-exact.

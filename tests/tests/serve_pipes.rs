@@ -29,7 +29,12 @@ fn check_all(s: &mut Served, msgs: &[Message]) -> Vec<String> {
     let list = c.listing();
     assert_eq!(list.len(), msgs.len());
     for (i, (line, m)) in list.iter().zip(msgs).enumerate() {
-        assert_eq!(line, &format!("{} {}", i + 1, m.canonical().len()), "LIST of message {}", i + 1);
+        assert_eq!(
+            line,
+            &format!("{} {}", i + 1, m.canonical().len()),
+            "LIST of message {}",
+            i + 1
+        );
     }
     assert!(c.cmd("UIDL").starts_with("+OK"));
     let uidls: Vec<String> = c
@@ -40,16 +45,33 @@ fn check_all(s: &mut Served, msgs: &[Message]) -> Vec<String> {
             let (n, u) = l.split_once(' ').unwrap();
             assert_eq!(n, (i + 1).to_string());
             assert!(!u.is_empty() && u.len() <= 70, "UIDL length: {u:?}");
-            assert!(u.bytes().all(|b| (0x21..=0x7e).contains(&b)), "UIDL chars: {u:?}");
+            assert!(
+                u.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                "UIDL chars: {u:?}"
+            );
             u.to_string()
         })
         .collect();
-    assert_eq!(uidls.iter().collect::<HashSet<_>>().len(), uidls.len(), "UIDLs are unique");
+    assert_eq!(
+        uidls.iter().collect::<HashSet<_>>().len(),
+        uidls.len(),
+        "UIDLs are unique"
+    );
     for (i, m) in msgs.iter().enumerate() {
         let want = m.canonical();
-        assert_eq!(c.cmd(&format!("RETR {}", i + 1)), format!("+OK {} octets", want.len()));
+        assert_eq!(
+            c.cmd(&format!("RETR {}", i + 1)),
+            format!("+OK {} octets", want.len())
+        );
         let got = c.body();
-        assert_eq!(got, want, "RETR {} differs:\n got {:?}\nwant {:?}", i + 1, String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        assert_eq!(
+            got,
+            want,
+            "RETR {} differs:\n got {:?}\nwant {:?}",
+            i + 1,
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
         for n in [0usize, 1, 3] {
             assert!(c.cmd(&format!("TOP {} {n}", i + 1)).starts_with("+OK"));
             assert_eq!(c.body(), m.canonical_top(n), "TOP {} {n}", i + 1);
@@ -70,7 +92,11 @@ fn every_generated_message_is_byte_exact() {
         assert!(s.client.cmd("QUIT").starts_with("+OK"));
         let (code, _) = s.finish();
         assert_eq!(code, 0);
-        assert_eq!(fs::read(dir.path().join("mbox")).unwrap(), gen::mbox_bytes(&msgs), "read-only session changed the mbox");
+        assert_eq!(
+            fs::read(dir.path().join("mbox")).unwrap(),
+            gen::mbox_bytes(&msgs),
+            "read-only session changed the mbox"
+        );
     }
 }
 
@@ -89,8 +115,12 @@ fn dele_quit_removes_exactly_the_deleted_and_uidls_stay() {
     assert!(s.client.cmd("QUIT").starts_with("+OK"));
     s.finish();
 
-    let kept: Vec<Message> =
-        msgs.iter().enumerate().filter(|(i, _)| !gone.contains(i)).map(|(_, m)| m.clone()).collect();
+    let kept: Vec<Message> = msgs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.contains(i))
+        .map(|(_, m)| m.clone())
+        .collect();
     let mut want_file = gen::mbox_bytes(&kept);
     let got_file = fs::read(dir.path().join("mbox")).unwrap();
     if msgs.last().unwrap().no_final_newline && gone.contains(&39) {
@@ -111,8 +141,12 @@ fn dele_quit_removes_exactly_the_deleted_and_uidls_stay() {
     let mut s = serve(dir.path(), &mb);
     s.client.line();
     let uidls2 = check_all(&mut s, &more);
-    let kept_uidls: Vec<&String> =
-        uidls.iter().enumerate().filter(|(i, _)| !gone.contains(i)).map(|(_, u)| u).collect();
+    let kept_uidls: Vec<&String> = uidls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.contains(i))
+        .map(|(_, u)| u)
+        .collect();
     assert_eq!(uidls2[..kept.len()].iter().collect::<Vec<_>>(), kept_uidls);
     s.client.cmd("QUIT");
     s.finish();
@@ -130,7 +164,10 @@ fn dropped_connection_removes_nothing() {
     }
     let (code, _) = s.finish(); // closes stdin without QUIT
     assert_eq!(code, 0);
-    assert_eq!(fs::read(dir.path().join("mbox")).unwrap(), gen::mbox_bytes(&msgs));
+    assert_eq!(
+        fs::read(dir.path().join("mbox")).unwrap(),
+        gen::mbox_bytes(&msgs)
+    );
 }
 
 #[test]
@@ -149,9 +186,16 @@ fn missing_and_empty_mailbox_fast_path_creates_nothing() {
         assert!(s.client.cmd("RETR 1").starts_with("-ERR"));
         assert!(s.client.cmd("QUIT").starts_with("+OK"));
         s.finish();
-        assert_eq!(p.exists(), create, "{name}: the mailbox must not be created");
+        assert_eq!(
+            p.exists(),
+            create,
+            "{name}: the mailbox must not be created"
+        );
         assert!(!dir.path().join(format!("{}.lock", p.display())).exists());
-        assert!(!dir.path().join("state").exists(), "{name}: no lock, no state directory");
+        assert!(
+            !dir.path().join("state").exists(),
+            "{name}: no lock, no state directory"
+        );
     }
 }
 
@@ -166,7 +210,11 @@ fn second_session_gets_in_use_quickly() {
     let mut b = serve(dir.path(), &mb);
     let l = b.client.line();
     assert!(l.starts_with("-ERR [IN-USE]"), "{l}");
-    assert!(t.elapsed() < std::time::Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     b.finish();
     a.client.cmd("QUIT");
     a.finish();
@@ -191,7 +239,10 @@ fn bad_input_gets_err_and_changes_nothing() {
     w.write_all(b"\xff\xfe\xfd\r\n").unwrap();
     w.write_all(&vec![b'A'; 1 << 20]).unwrap();
     w.write_all(b"\r\n").unwrap();
-    w.write_all(b"DELE 0\r\nDELE 6\r\nDELE 18446744073709551617\r\nLIST -1\r\nTOP 1 -1\r\nNOOP\r\n").unwrap();
+    w.write_all(
+        b"DELE 0\r\nDELE 6\r\nDELE 18446744073709551617\r\nLIST -1\r\nTOP 1 -1\r\nNOOP\r\n",
+    )
+    .unwrap();
     w.flush().unwrap();
     for _ in 0..9 {
         let l = s.client.line();
@@ -202,7 +253,10 @@ fn bad_input_gets_err_and_changes_nothing() {
     let rest = s.client.rest();
     assert!(rest.is_empty(), "{rest:?}");
     let _ = s.child.wait();
-    assert_eq!(fs::read(dir.path().join("mbox")).unwrap(), gen::mbox_bytes(&msgs));
+    assert_eq!(
+        fs::read(dir.path().join("mbox")).unwrap(),
+        gen::mbox_bytes(&msgs)
+    );
 }
 
 #[test]
@@ -220,7 +274,10 @@ fn pipelined_commands_answer_in_order() {
     s.client.w.write_all(batch.as_bytes()).unwrap();
     s.client.w.flush().unwrap();
     for i in 1..=20 {
-        assert_eq!(s.client.line(), format!("+OK {i} {}", msgs[i - 1].canonical().len()));
+        assert_eq!(
+            s.client.line(),
+            format!("+OK {i} {}", msgs[i - 1].canonical().len())
+        );
         assert!(s.client.line().starts_with(&format!("+OK {i} ")));
     }
     s.client.cmd("QUIT");
@@ -253,8 +310,16 @@ fn maildir_qmail_style_argument() {
     for sub in ["cur", "new", "tmp"] {
         fs::create_dir_all(md.join(sub)).unwrap();
     }
-    fs::write(md.join("new/1700000001.M1P1.host,S=30"), b"Subject: a\n\n.dot\nbody\n").unwrap();
-    fs::write(md.join("cur/1700000000.M2P2.host:2,S"), b"Subject: b\n\nno newline").unwrap();
+    fs::write(
+        md.join("new/1700000001.M1P1.host,S=30"),
+        b"Subject: a\n\n.dot\nbody\n",
+    )
+    .unwrap();
+    fs::write(
+        md.join("cur/1700000000.M2P2.host:2,S"),
+        b"Subject: b\n\nno newline",
+    )
+    .unwrap();
     let mut args = serve_args(&dir.path().join("state"));
     args.push("./Maildir/".into());
     let mut cmd = std::process::Command::new(popspool_tests::bin("pop-serve"));
@@ -264,11 +329,15 @@ fn maildir_qmail_style_argument() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut c = popspool_tests::pop::Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let mut c =
+        popspool_tests::pop::Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
     assert_eq!(c.line(), "+OK ");
     assert_eq!(c.cmd("STAT"), format!("+OK 2 {}", 26 + 26));
     assert!(c.cmd("UIDL").starts_with("+OK"));
-    assert_eq!(c.listing(), vec!["1 1700000000.M2P2.host", "2 1700000001.M1P1.host,S=30"]);
+    assert_eq!(
+        c.listing(),
+        vec!["1 1700000000.M2P2.host", "2 1700000001.M1P1.host,S=30"]
+    );
     assert!(c.cmd("RETR 1").starts_with("+OK 26 octets"));
     assert_eq!(c.body(), b"Subject: b\r\n\r\nno newline\r\n");
     assert!(c.cmd("RETR 2").starts_with("+OK"));
@@ -278,18 +347,28 @@ fn maildir_qmail_style_argument() {
     drop(c);
     child.wait().unwrap();
     assert!(!md.join("cur/1700000000.M2P2.host:2,S").exists());
-    assert!(md.join("cur/1700000001.M1P1.host,S=30:2,S").exists(), "retrieved message marked seen");
+    assert!(
+        md.join("cur/1700000001.M1P1.host,S=30:2,S").exists(),
+        "retrieved message marked seen"
+    );
 }
 
 #[test]
 fn refuses_root_without_allow_root() {
     if !popspool_tests::is_root() {
-        popspool_tests::skip("refuses_root_without_allow_root", "needs root to run pop-serve as uid 0");
+        popspool_tests::skip(
+            "refuses_root_without_allow_root",
+            "needs root to run pop-serve as uid 0",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let s = Served::spawn(
-        &["--log".into(), "none".into(), format!("mbox:{}", dir.path().join("x").display())],
+        &[
+            "--log".into(),
+            "none".into(),
+            format!("mbox:{}", dir.path().join("x").display()),
+        ],
         &[],
     );
     let mut s = s;
