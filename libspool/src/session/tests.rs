@@ -104,11 +104,8 @@ fn stat_list_uidl_and_sizes_agree_with_retr() {
         "+OK {size} octets\r\nSubject: m1\r\n\r\n..dot line\r\nbody 1\r\n.\r\n"
     )));
     assert!(out.ends_with("+OK popspool signing off (3 messages left)\r\n"));
-    assert!(
-        b.commits.is_empty(),
-        "read-only session must not commit: {:?}",
-        b.commits
-    );
+    // Retrieved messages reach commit (Maildir marks them seen) but nothing is deleted.
+    assert!(b.commits.iter().flatten().all(|d| !d), "nothing deleted: {:?}", b.commits);
 }
 
 #[test]
