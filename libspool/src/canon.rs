@@ -298,6 +298,11 @@ impl Canon {
         self.in_header
     }
 
+    /// At a line boundary (nothing of an unterminated line pending).
+    pub(crate) fn at_line_start(&self) -> bool {
+        self.line == Line::Start
+    }
+
     fn pass_header(&mut self, hidden: bool) {
         self.line = Line::Pass {
             emit: !(hidden && self.hide),
@@ -599,6 +604,54 @@ impl Canon {
     }
 }
 
+/// An obviously-correct (slow, whole-message) implementation of the definition above, to
+/// test the streaming machine against.
+#[cfg(test)]
+pub(crate) fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) -> Vec<u8> {
+    let mut lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+    if raw.is_empty() || raw.ends_with(b"\n") {
+        lines.pop();
+    }
+    let is_spool_field = |l: &[u8]| {
+        let k = l.iter().position(|&c| c == b':' || c == b' ' || c == b'\t').unwrap_or(l.len());
+        let wsp = l[k..].iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+        SPOOL_HEADERS.iter().any(|n| n.eq_ignore_ascii_case(&l[..k]))
+            && wsp <= MAX_WSP_BEFORE_COLON
+            && l.get(k + wsp) == Some(&b':')
+    };
+    let (mut out, mut in_header, mut hidden, mut body) = (Vec::new(), true, false, 0u64);
+    for line in lines {
+        let content = line.strip_suffix(b"\r").unwrap_or(line);
+        if in_header && content.is_empty() {
+            out.extend_from_slice(b"\r\n");
+            in_header = false;
+            continue;
+        }
+        if in_header {
+            if !(line.starts_with(b" ") || line.starts_with(b"\t")) {
+                hidden = is_spool_field(line);
+            }
+            if hidden && opts.hide_spool_headers {
+                continue;
+            }
+        } else {
+            if top.is_some_and(|n| body >= n) {
+                break;
+            }
+            body += 1;
+        }
+        let gts = content.iter().take_while(|&&c| c == b'>').count();
+        let c = if opts.quoting == Some(Quoting::Mboxrd) && gts > 0 && content[gts..].starts_with(FROM_) {
+            &content[1..]
+        } else {
+            content
+        };
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,6 +724,7 @@ mod tests {
             let got = canon(raw, *opts, None);
             assert_eq!(got, *want, "case {i}: {:?}", String::from_utf8_lossy(raw));
             assert_eq!(size(raw, *opts), want.len() as u64, "case {i}");
+            assert_eq!(reference_canon(raw, *opts, None), *want, "reference, case {i}");
         }
     }
 
@@ -732,11 +786,13 @@ mod tests {
         fn copy_writes_measure_octets(
             raw in line_strategy(),
             opts in opts_strategy(),
-            chunks in proptest::collection::vec(1usize..9, 1..5),
-            chunks2 in proptest::collection::vec(1usize..9, 1..5),
+            chunks in proptest::collection::vec(prop_oneof![1usize..9, Just(usize::MAX)], 1..5),
+            chunks2 in proptest::collection::vec(prop_oneof![1usize..9, Just(usize::MAX)], 1..5),
             top in 0u64..6,
         ) {
             let want = size(&raw, opts);
+            prop_assert_eq!(&canon(&raw, opts, None), &reference_canon(&raw, opts, None));
+            prop_assert_eq!(&canon(&raw, opts, Some(top)), &reference_canon(&raw, opts, Some(top)));
             let mut src = Chunky { data: &raw, chunks: chunks.clone(), i: 0 };
             prop_assert_eq!(measure(&mut src, raw.len() as u64, opts).unwrap(), want);
             let mut out = Vec::new();
