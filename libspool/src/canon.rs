@@ -67,7 +67,10 @@ pub struct CanonOptions {
 
 impl CanonOptions {
     /// Maildir: nothing to unquote, nothing to hide.
-    pub const PLAIN: CanonOptions = CanonOptions { quoting: None, hide_spool_headers: false };
+    pub const PLAIN: CanonOptions = CanonOptions {
+        quoting: None,
+        hide_spool_headers: false,
+    };
 }
 
 /// Size of the canonical form of the `len` raw bytes read from `src`.
@@ -89,7 +92,11 @@ pub fn copy(
     out: &mut dyn Write,
 ) -> io::Result<u64> {
     let mut canon = Canon::new(opts, body_lines, None);
-    let mut sink = WriteSink { out, buf: Vec::with_capacity(COPY_BUF), written: 0 };
+    let mut sink = WriteSink {
+        out,
+        buf: Vec::with_capacity(COPY_BUF),
+        written: 0,
+    };
     pump(src, len, &mut canon, &mut sink)?;
     sink.flush()?;
     Ok(sink.written)
@@ -219,14 +226,26 @@ fn field_decision(p: &[u8]) -> Field {
     let k = p.iter().position(|&c| c == b':' || c == b' ' || c == b'\t');
     let Some(k) = k else {
         let prefix_of_any = p.len() <= LONGEST_SPOOL_HEADER
-            && SPOOL_HEADERS.iter().any(|n| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p));
-        return if prefix_of_any { Field::Undecided } else { Field::Shown };
+            && SPOOL_HEADERS
+                .iter()
+                .any(|n| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p));
+        return if prefix_of_any {
+            Field::Undecided
+        } else {
+            Field::Shown
+        };
     };
-    if !SPOOL_HEADERS.iter().any(|n| n.eq_ignore_ascii_case(&p[..k])) {
+    if !SPOOL_HEADERS
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&p[..k]))
+    {
         return Field::Shown;
     }
     let rest = &p[k..];
-    let wsp = rest.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+    let wsp = rest
+        .iter()
+        .take_while(|&&c| c == b' ' || c == b'\t')
+        .count();
     if wsp > MAX_WSP_BEFORE_COLON {
         Field::Shown
     } else if wsp == rest.len() {
@@ -272,7 +291,11 @@ pub(crate) struct Canon {
 }
 
 impl Canon {
-    pub(crate) fn new(opts: CanonOptions, body_lines: Option<u64>, hasher: Option<UidlHasher>) -> Canon {
+    pub(crate) fn new(
+        opts: CanonOptions,
+        body_lines: Option<u64>,
+        hasher: Option<UidlHasher>,
+    ) -> Canon {
         Canon {
             unquote: opts.quoting == Some(Quoting::Mboxrd),
             hide: opts.hide_spool_headers,
@@ -349,7 +372,10 @@ impl Canon {
                     if b == b'>' && self.unquote {
                         self.start_gt();
                     } else {
-                        self.line = Line::Pass { emit: true, hash: false };
+                        self.line = Line::Pass {
+                            emit: true,
+                            hash: false,
+                        };
                     }
                 }
                 Line::HeaderCr => {
@@ -405,7 +431,12 @@ impl Canon {
                     }
                 }
                 Line::Pass { emit, hash } => {
-                    if S::COUNT_ONLY && !self.in_header && self.body_lines_left.is_none() && emit && !hash {
+                    if S::COUNT_ONLY
+                        && !self.in_header
+                        && self.body_lines_left.is_none()
+                        && emit
+                        && !hash
+                    {
                         let n = self.bulk(data, out);
                         data = &data[n..];
                         if n > 0 {
@@ -465,7 +496,10 @@ impl Canon {
         out.emit(&FROM_[..self.from_matched])?;
         self.line_len += self.gt_run + self.from_matched as u64;
         self.prev_cr = false;
-        self.line = Line::Pass { emit: true, hash: self.gt_hash };
+        self.line = Line::Pass {
+            emit: true,
+            hash: self.gt_hash,
+        };
         Ok(())
     }
 
@@ -480,7 +514,9 @@ impl Canon {
     }
 
     fn pass_seg<S: Sink>(&mut self, seg: &[u8], out: &mut S) -> io::Result<()> {
-        let Some(&last) = seg.last() else { return Ok(()) };
+        let Some(&last) = seg.last() else {
+            return Ok(());
+        };
         let Line::Pass { emit, hash } = self.line else {
             unreachable!("pass_seg outside Pass")
         };
@@ -578,7 +614,10 @@ impl Canon {
         if last == b'\n' {
             let body = &s[..s.len() - 1];
             let (content_len, cr) = match memrchr(b'\n', body) {
-                Some(j) => ((body.len() - j - 1) as u64, body.len() - j > 1 && body[body.len() - 1] == b'\r'),
+                Some(j) => (
+                    (body.len() - j - 1) as u64,
+                    body.len() - j > 1 && body[body.len() - 1] == b'\r',
+                ),
                 None => match body.last() {
                     Some(&c) => (self.line_len + body.len() as u64, c == b'\r'),
                     None => (self.line_len, self.prev_cr),
@@ -593,7 +632,10 @@ impl Canon {
             self.line_len = 0;
             self.prev_cr = false;
         } else {
-            self.line = Line::Pass { emit: true, hash: false };
+            self.line = Line::Pass {
+                emit: true,
+                hash: false,
+            };
             self.line_len = match memrchr(b'\n', s) {
                 Some(j) => (s.len() - j - 1) as u64,
                 None => self.line_len + s.len() as u64,
@@ -613,9 +655,17 @@ pub(crate) fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) 
         lines.pop();
     }
     let is_spool_field = |l: &[u8]| {
-        let k = l.iter().position(|&c| c == b':' || c == b' ' || c == b'\t').unwrap_or(l.len());
-        let wsp = l[k..].iter().take_while(|&&c| c == b' ' || c == b'\t').count();
-        SPOOL_HEADERS.iter().any(|n| n.eq_ignore_ascii_case(&l[..k]))
+        let k = l
+            .iter()
+            .position(|&c| c == b':' || c == b' ' || c == b'\t')
+            .unwrap_or(l.len());
+        let wsp = l[k..]
+            .iter()
+            .take_while(|&&c| c == b' ' || c == b'\t')
+            .count();
+        SPOOL_HEADERS
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(&l[..k]))
             && wsp <= MAX_WSP_BEFORE_COLON
             && l.get(k + wsp) == Some(&b':')
     };
@@ -641,7 +691,10 @@ pub(crate) fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) 
             body += 1;
         }
         let gts = content.iter().take_while(|&&c| c == b'>').count();
-        let c = if opts.quoting == Some(Quoting::Mboxrd) && gts > 0 && content[gts..].starts_with(FROM_) {
+        let c = if opts.quoting == Some(Quoting::Mboxrd)
+            && gts > 0
+            && content[gts..].starts_with(FROM_)
+        {
             &content[1..]
         } else {
             content
@@ -657,8 +710,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const RD: CanonOptions = CanonOptions { quoting: Some(Quoting::Mboxrd), hide_spool_headers: true };
-    const O: CanonOptions = CanonOptions { quoting: Some(Quoting::Mboxo), hide_spool_headers: false };
+    const RD: CanonOptions = CanonOptions {
+        quoting: Some(Quoting::Mboxrd),
+        hide_spool_headers: true,
+    };
+    const O: CanonOptions = CanonOptions {
+        quoting: Some(Quoting::Mboxo),
+        hide_spool_headers: false,
+    };
 
     /// A reader that returns at most `chunks[i % len]` bytes per call.
     struct Chunky<'a> {
@@ -669,7 +728,12 @@ mod tests {
 
     impl Read for Chunky<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let c = self.chunks.get(self.i % self.chunks.len().max(1)).copied().unwrap_or(usize::MAX).max(1);
+            let c = self
+                .chunks
+                .get(self.i % self.chunks.len().max(1))
+                .copied()
+                .unwrap_or(usize::MAX)
+                .max(1);
             self.i += 1;
             let n = c.min(buf.len()).min(self.data.len());
             buf[..n].copy_from_slice(&self.data[..n]);
@@ -724,7 +788,11 @@ mod tests {
             let got = canon(raw, *opts, None);
             assert_eq!(got, *want, "case {i}: {:?}", String::from_utf8_lossy(raw));
             assert_eq!(size(raw, *opts), want.len() as u64, "case {i}");
-            assert_eq!(reference_canon(raw, *opts, None), *want, "reference, case {i}");
+            assert_eq!(
+                reference_canon(raw, *opts, None),
+                *want,
+                "reference, case {i}"
+            );
         }
     }
 
@@ -777,8 +845,18 @@ mod tests {
     }
 
     fn opts_strategy() -> impl Strategy<Value = CanonOptions> {
-        (prop_oneof![Just(None), Just(Some(Quoting::Mboxrd)), Just(Some(Quoting::Mboxo))], any::<bool>())
-            .prop_map(|(quoting, hide_spool_headers)| CanonOptions { quoting, hide_spool_headers })
+        (
+            prop_oneof![
+                Just(None),
+                Just(Some(Quoting::Mboxrd)),
+                Just(Some(Quoting::Mboxo))
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(quoting, hide_spool_headers)| CanonOptions {
+                quoting,
+                hide_spool_headers,
+            })
     }
 
     proptest! {

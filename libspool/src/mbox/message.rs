@@ -19,7 +19,10 @@ use std::os::unix::fs::FileExt;
 
 /// Checks that `info` still describes the message whose digest is `digest_hex` in `file`.
 pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), MailboxError> {
-    let len = file.metadata().map_err(crate::error::io_err("stat the mailbox"))?.len();
+    let len = file
+        .metadata()
+        .map_err(crate::error::io_err("stat the mailbox"))?
+        .len();
     if len < info.next_start() {
         return Err(MailboxError::Changed(format!(
             "mailbox is {len} bytes, shorter than the {} bytes scanned",
@@ -27,10 +30,15 @@ pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), M
         )));
     }
     let start = info.from_line_start();
-    let (at, want): (u64, &[u8]) = if start == 0 { (0, b"From ") } else { (start - 1, b"\nFrom ") };
+    let (at, want): (u64, &[u8]) = if start == 0 {
+        (0, b"From ")
+    } else {
+        (start - 1, b"\nFrom ")
+    };
     let mut got = [0u8; 6];
     let got = &mut got[..want.len()];
-    file.read_exact_at(got, at).map_err(crate::error::io_err("read the mailbox"))?;
+    file.read_exact_at(got, at)
+        .map_err(crate::error::io_err("read the mailbox"))?;
     if got != want {
         return Err(MailboxError::MessageGone);
     }
@@ -55,7 +63,10 @@ pub fn retrieve(
     verify(file, info, digest_hex).map_err(RetrieveError::BeforeStart)?;
     sink.begin()
         .map_err(|e| RetrieveError::BeforeStart(MailboxError::Io("send the message", e)))?;
-    let mut src = Tagged { inner: PreadReader::new(file, info.message_start(), info.message_end()), failed: false };
+    let mut src = Tagged {
+        inner: PreadReader::new(file, info.message_start(), info.message_end()),
+        failed: false,
+    };
     let mut out = SinkWriter(sink);
     let written = match canon::copy(&mut src, info.raw_len(), opts, body_lines, &mut out) {
         Ok(n) => n,
@@ -64,8 +75,18 @@ pub fn retrieve(
                 "message became shorter while being sent".into(),
             )))
         }
-        Err(e) if src.failed => return Err(RetrieveError::During(MailboxError::Io("read the mailbox", e))),
-        Err(e) => return Err(RetrieveError::During(MailboxError::Io("send the message", e))),
+        Err(e) if src.failed => {
+            return Err(RetrieveError::During(MailboxError::Io(
+                "read the mailbox",
+                e,
+            )))
+        }
+        Err(e) => {
+            return Err(RetrieveError::During(MailboxError::Io(
+                "send the message",
+                e,
+            )))
+        }
     };
     if body_lines.is_none() && written != info.size() {
         return Err(RetrieveError::During(MailboxError::Changed(format!(

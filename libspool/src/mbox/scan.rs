@@ -113,7 +113,9 @@ impl ScanResult {
     }
     /// The 32 hex characters of message `i`'s digest (its UIDL without a duplicate suffix).
     pub fn digest_hex(&self, i: usize) -> &str {
-        self.uidl_hex.get(i * UIDL_HEX_LEN..(i + 1) * UIDL_HEX_LEN).unwrap_or("")
+        self.uidl_hex
+            .get(i * UIDL_HEX_LEN..(i + 1) * UIDL_HEX_LEN)
+            .unwrap_or("")
     }
     /// Keeps only the first `n` messages (the oldest). Their UIDLs do not change: duplicate
     /// ordinals count earlier messages only.
@@ -131,14 +133,26 @@ impl ScanResult {
     pub fn heap_bytes(&self) -> usize {
         self.messages.capacity() * std::mem::size_of::<MessageInfo>()
             + self.uidl_hex.capacity()
-            + self.dups.iter().map(|d| d.1.capacity() + std::mem::size_of::<(usize, String)>()).sum::<usize>()
+            + self
+                .dups
+                .iter()
+                .map(|d| d.1.capacity() + std::mem::size_of::<(usize, String)>())
+                .sum::<usize>()
     }
 }
 
 enum State {
     Preamble,
-    FromLine { start: u64, hasher: UidlHasher },
-    Message { start: u64, message_start: u64, canon: Canon, size: Counter },
+    FromLine {
+        start: u64,
+        hasher: UidlHasher,
+    },
+    Message {
+        start: u64,
+        message_start: u64,
+        canon: Canon,
+        size: Counter,
+    },
 }
 
 /// Scans `file` from 0 to `extent_end`. Sizes follow `opts`; UIDLs do not depend on it.
@@ -148,10 +162,21 @@ pub fn scan(file: &File, extent_end: u64, opts: CanonOptions) -> io::Result<Scan
 }
 
 /// `scan` with a chosen read size (tests use tiny ones to cross every boundary case).
-fn scan_buf(file: &File, extent_end: u64, opts: CanonOptions, read_size: usize) -> io::Result<ScanResult> {
+fn scan_buf(
+    file: &File,
+    extent_end: u64,
+    opts: CanonOptions,
+    read_size: usize,
+) -> io::Result<ScanResult> {
     let finder = memmem::Finder::new(b"\nFrom ");
-    let mut res = ScanResult { extent_end, ..ScanResult::default() };
-    let cap = usize::try_from(extent_end).unwrap_or(usize::MAX).min(read_size.max(1)) + CARRY;
+    let mut res = ScanResult {
+        extent_end,
+        ..ScanResult::default()
+    };
+    let cap = usize::try_from(extent_end)
+        .unwrap_or(usize::MAX)
+        .min(read_size.max(1))
+        + CARRY;
     let mut buf = vec![0u8; cap];
     let mut len = 0usize; // valid bytes in buf
     let mut base = 0u64; // file offset of buf[0]
@@ -165,7 +190,9 @@ fn scan_buf(file: &File, extent_end: u64, opts: CanonOptions, read_size: usize) 
         // Fill the buffer (several reads if the kernel returns short ones).
         let fill_from = len;
         while len < buf.len() && base + (len as u64) < extent_end {
-            let want = usize::try_from(extent_end - base - len as u64).unwrap_or(usize::MAX).min(buf.len() - len);
+            let want = usize::try_from(extent_end - base - len as u64)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - len);
             match file.read_at(&mut buf[len..len + want], base + len as u64) {
                 Ok(0) => {
                     return Err(io::Error::new(
@@ -203,7 +230,10 @@ fn scan_buf(file: &File, extent_end: u64, opts: CanonOptions, read_size: usize) 
                         Some(f) => {
                             res.preamble_len = base + f as u64;
                             fed = f;
-                            state = State::FromLine { start: base + f as u64, hasher: UidlHasher::new() };
+                            state = State::FromLine {
+                                start: base + f as u64,
+                                hasher: UidlHasher::new(),
+                            };
                         }
                         None => {
                             fed = len;
@@ -234,28 +264,38 @@ fn scan_buf(file: &File, extent_end: u64, opts: CanonOptions, read_size: usize) 
                         break;
                     }
                 },
-                State::Message { start, message_start, canon, size } => {
-                    match finder.find(&buf[search..len]) {
-                        Some(i) => {
-                            let lf = search + i;
-                            if fed <= lf {
-                                canon.feed(&buf[fed..=lf], size)?;
-                            }
-                            fed = lf + 1;
-                            search = fed;
-                            let (from, ms) = (*start, *message_start);
-                            push_message(&mut res, from, ms, base + fed as u64, canon, size)?;
-                            state = State::FromLine { start: base + fed as u64, hasher: UidlHasher::new() };
+                State::Message {
+                    start,
+                    message_start,
+                    canon,
+                    size,
+                } => match finder.find(&buf[search..len]) {
+                    Some(i) => {
+                        let lf = search + i;
+                        if fed <= lf {
+                            canon.feed(&buf[fed..=lf], size)?;
                         }
-                        None => {
-                            let safe = if eof { len } else { len.saturating_sub(CARRY).max(fed) };
-                            canon.feed(&buf[fed..safe], size)?;
-                            fed = safe;
-                            search = search.max(len.saturating_sub(CARRY));
-                            break;
-                        }
+                        fed = lf + 1;
+                        search = fed;
+                        let (from, ms) = (*start, *message_start);
+                        push_message(&mut res, from, ms, base + fed as u64, canon, size)?;
+                        state = State::FromLine {
+                            start: base + fed as u64,
+                            hasher: UidlHasher::new(),
+                        };
                     }
-                }
+                    None => {
+                        let safe = if eof {
+                            len
+                        } else {
+                            len.saturating_sub(CARRY).max(fed)
+                        };
+                        canon.feed(&buf[fed..safe], size)?;
+                        fed = safe;
+                        search = search.max(len.saturating_sub(CARRY));
+                        break;
+                    }
+                },
             }
         }
 
@@ -287,16 +327,30 @@ fn scan_buf(file: &File, extent_end: u64, opts: CanonOptions, read_size: usize) 
             ));
             let mut canon = Canon::new(opts, None, Some(hasher));
             let mut size = Counter::default();
-            push_message(&mut res, start, extent_end, extent_end, &mut canon, &mut size)?;
+            push_message(
+                &mut res, start, extent_end, extent_end, &mut canon, &mut size,
+            )?;
         }
-        State::Message { start, message_start, mut canon, mut size } => {
+        State::Message {
+            start,
+            message_start,
+            mut canon,
+            mut size,
+        } => {
             let n = res.messages.len() + 1;
             if !canon.at_line_start() {
                 res.warnings.push(format!(
                     "last message ({n}, offset {start}) has no final newline: a CRLF is added when sending"
                 ));
             }
-            push_message(&mut res, start, message_start, extent_end, &mut canon, &mut size)?;
+            push_message(
+                &mut res,
+                start,
+                message_start,
+                extent_end,
+                &mut canon,
+                &mut size,
+            )?;
         }
     }
     if res.preamble_len > 0 && res.preamble_len < extent_end {
@@ -334,7 +388,8 @@ fn push_message(
     }
     let digest = canon.hasher.take().unwrap_or_default().finish();
     uidl::push_hex(&mut res.uidl_hex, &digest);
-    res.messages.push(MessageInfo::new(from_start, message_start, end, sep, bytes));
+    res.messages
+        .push(MessageInfo::new(from_start, message_start, end, sep, bytes));
     Ok(())
 }
 
@@ -396,7 +451,9 @@ impl<'a> PreadReader<'a> {
 
 impl io::Read for PreadReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(self.end.saturating_sub(self.pos))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
@@ -414,7 +471,10 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Write;
 
-    const RD: CanonOptions = CanonOptions { quoting: Some(Quoting::Mboxrd), hide_spool_headers: true };
+    const RD: CanonOptions = CanonOptions {
+        quoting: Some(Quoting::Mboxrd),
+        hide_spool_headers: true,
+    };
 
     fn file_with(data: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
@@ -436,10 +496,15 @@ mod tests {
         }
         for m in &full.messages {
             let raw = &data[m.message_start() as usize..m.message_end() as usize];
-            assert_eq!(canon::measure(&mut &raw[..], raw.len() as u64, opts).unwrap(), m.size());
+            assert_eq!(
+                canon::measure(&mut &raw[..], raw.len() as u64, opts).unwrap(),
+                m.size()
+            );
             assert_eq!(reference_canon(raw, opts, None).len() as u64, m.size());
             assert!(data[m.from_line_start() as usize..].starts_with(b"From "));
-            assert!(m.from_line_start() < m.message_start() || m.message_start() == data.len() as u64);
+            assert!(
+                m.from_line_start() < m.message_start() || m.message_start() == data.len() as u64
+            );
             assert!(m.message_end() <= m.next_start() && m.next_start() - m.message_end() <= 2);
             let digest = digest_at(&f, m).unwrap();
             let mut hex = String::new();
@@ -458,29 +523,74 @@ mod tests {
     }
 
     fn bodies<'a>(data: &'a [u8], r: &ScanResult) -> Vec<&'a [u8]> {
-        r.messages.iter().map(|m| &data[m.message_start() as usize..m.message_end() as usize]).collect()
+        r.messages
+            .iter()
+            .map(|m| &data[m.message_start() as usize..m.message_end() as usize])
+            .collect()
     }
 
     #[test]
     fn table() {
-        let cases: &[(&[u8], &[&[u8]], u64, usize)] = &[
+        /// (mailbox, message bytes, preamble length, warning count)
+        type Case<'a> = (&'a [u8], &'a [&'a [u8]], u64, usize);
+        let cases: &[Case] = &[
             // (mailbox, message bytes, preamble, warnings)
             (b"", &[], 0, 0),
-            (b"From a\nS: 1\n\nb\n\nFrom b\nS: 2\n\n..\n.x\n\n", &[b"S: 1\n\nb\n", b"S: 2\n\n..\n.x\n"], 0, 0),
-            (b"From a\nS: 1\n\nb\nFrom b\nS: 2\n", &[b"S: 1\n\nb\n", b"S: 2\n"], 0, 0),
+            (
+                b"From a\nS: 1\n\nb\n\nFrom b\nS: 2\n\n..\n.x\n\n",
+                &[b"S: 1\n\nb\n", b"S: 2\n\n..\n.x\n"],
+                0,
+                0,
+            ),
+            (
+                b"From a\nS: 1\n\nb\nFrom b\nS: 2\n",
+                &[b"S: 1\n\nb\n", b"S: 2\n"],
+                0,
+                0,
+            ),
             (b"From a\nS: 1\n\nb", &[b"S: 1\n\nb"], 0, 1),
             (b"From a\n\nFrom b\n", &[b"", b""], 0, 0),
-            (b"From a\nH: x\n\nFrom b\nH: y\n\n\n\n", &[b"H: x\n", b"H: y\n\n\n"], 0, 0),
-            (b"From a\r\nS: 1\r\n\r\nb\r\n\r\nFrom b\r\nS: 2\r\n\r\n", &[b"S: 1\r\n\r\nb\r\n", b"S: 2\r\n"], 0, 0),
-            (b"From a\nS: 1\r\n\nb\n\r\nFrom b\r\nS\n", &[b"S: 1\r\n\nb\n", b"S\n"], 0, 0),
+            (
+                b"From a\nH: x\n\nFrom b\nH: y\n\n\n\n",
+                &[b"H: x\n", b"H: y\n\n\n"],
+                0,
+                0,
+            ),
+            (
+                b"From a\r\nS: 1\r\n\r\nb\r\n\r\nFrom b\r\nS: 2\r\n\r\n",
+                &[b"S: 1\r\n\r\nb\r\n", b"S: 2\r\n"],
+                0,
+                0,
+            ),
+            (
+                b"From a\nS: 1\r\n\nb\n\r\nFrom b\r\nS\n",
+                &[b"S: 1\r\n\nb\n", b"S\n"],
+                0,
+                0,
+            ),
             (b"garbage\n\nFrom a\nX: y\n", &[b"X: y\n"], 9, 1),
             (b"no from here\n", &[], 13, 1),
             (b"From a\nX: \0\n\n\0\n", &[b"X: \0\n\n\0\n"], 0, 1),
-            (b"From a\nS: x\n\n>From q\n>>From r\nFrom: not a separator\n", &[b"S: x\n\n>From q\n>>From r\nFrom: not a separator\n"], 0, 0),
-            (b"From a\nS: x\n\nFrom b\nFrom c\n\n", &[b"S: x\n", b"", b""], 0, 0),
+            (
+                b"From a\nS: x\n\n>From q\n>>From r\nFrom: not a separator\n",
+                &[b"S: x\n\n>From q\n>>From r\nFrom: not a separator\n"],
+                0,
+                0,
+            ),
+            (
+                b"From a\nS: x\n\nFrom b\nFrom c\n\n",
+                &[b"S: x\n", b"", b""],
+                0,
+                0,
+            ),
             (b"From a", &[b""], 0, 1),
             (b"Fro", &[], 3, 1),
-            (b"From a\nSubject: \xc3\xa9t\xe9\n\n\xff\n", &[b"Subject: \xc3\xa9t\xe9\n\n\xff\n"], 0, 0),
+            (
+                b"From a\nSubject: \xc3\xa9t\xe9\n\n\xff\n",
+                &[b"Subject: \xc3\xa9t\xe9\n\n\xff\n"],
+                0,
+                0,
+            ),
         ];
         for (i, (data, want, pre, warn)) in cases.iter().enumerate() {
             let r = scan_all(data, RD);
@@ -496,7 +606,10 @@ mod tests {
         let r = scan_all(data, RD);
         // "Subject: s\r\n\r\nFrom x\r\n"
         assert_eq!(r.messages[0].size(), 22);
-        let o = CanonOptions { quoting: Some(Quoting::Mboxo), hide_spool_headers: false };
+        let o = CanonOptions {
+            quoting: Some(Quoting::Mboxo),
+            hide_spool_headers: false,
+        };
         let r2 = scan_all(data, o);
         assert_eq!(r2.messages[0].size(), (data.len() - 7 + 6) as u64);
         assert_eq!(r.uidl(0), r2.uidl(0));
@@ -512,7 +625,9 @@ mod tests {
         let r = scan_all(&data, RD);
         let h = r.digest_hex(0).to_string();
         assert_eq!(h.len(), 32);
-        assert!(h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(h
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         let u: Vec<&str> = (0..5).map(|i| r.uidl(i)).collect();
         assert_eq!(u[0], h);
         assert_eq!(u[2], format!("{h}-2"));
@@ -529,8 +644,9 @@ mod tests {
 
     #[test]
     fn uidls_survive_deletion_and_appends() {
-        let msgs: Vec<Vec<u8>> =
-            (0..8).map(|i| format!("From u{i}\nMessage-ID: <{i}>\n\nb{i}\n\n").into_bytes()).collect();
+        let msgs: Vec<Vec<u8>> = (0..8)
+            .map(|i| format!("From u{i}\nMessage-ID: <{i}>\n\nb{i}\n\n").into_bytes())
+            .collect();
         let whole = msgs.concat();
         let r = scan_all(&whole, RD);
         for k in 0..msgs.len() {
@@ -538,7 +654,10 @@ mod tests {
             rest.remove(k);
             rest.push(b"From new\nMessage-ID: <new>\n\nx\n".to_vec());
             let r2 = scan_all(&rest.concat(), RD);
-            let want: Vec<&str> = (0..msgs.len()).filter(|&i| i != k).map(|i| r.uidl(i)).collect();
+            let want: Vec<&str> = (0..msgs.len())
+                .filter(|&i| i != k)
+                .map(|i| r.uidl(i))
+                .collect();
             let got: Vec<&str> = (0..msgs.len() - 1).map(|i| r2.uidl(i)).collect();
             assert_eq!(got, want);
         }
@@ -583,7 +702,9 @@ mod tests {
     #[test]
     fn memory_per_message() {
         assert_eq!(std::mem::size_of::<MessageInfo>(), 32);
-        let data: Vec<u8> = (0..1000).flat_map(|i| format!("From a\nM: {i}\n\nb\n\n").into_bytes()).collect();
+        let data: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("From a\nM: {i}\n\nb\n\n").into_bytes())
+            .collect();
         let f = file_with(&data);
         let mut r = scan(&f, data.len() as u64, RD).unwrap();
         r.messages.shrink_to_fit();

@@ -45,7 +45,9 @@ pub struct UidlHasher {
 
 impl std::fmt::Debug for UidlHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UidlHasher").field("pending_cr", &self.pending_cr).finish()
+        f.debug_struct("UidlHasher")
+            .field("pending_cr", &self.pending_cr)
+            .finish()
     }
 }
 
@@ -56,7 +58,9 @@ impl UidlHasher {
 
     /// Content bytes of the current line (never containing the terminating LF).
     pub fn line_bytes(&mut self, b: &[u8]) {
-        let Some((&last, _)) = b.split_last() else { return };
+        let Some((&last, _)) = b.split_last() else {
+            return;
+        };
         if self.pending_cr {
             self.sha.update(b"\r");
         }
@@ -152,9 +156,15 @@ mod tests {
             digest_of(&[b"From a\r\n", b"Subject: x\r\n"])
         );
         // An unterminated last line hashes as if terminated.
-        assert_eq!(digest_of(&[b"From a\n", b"Subject: x"]), digest_of(&[b"From a\n", b"Subject: x\n"]));
+        assert_eq!(
+            digest_of(&[b"From a\n", b"Subject: x"]),
+            digest_of(&[b"From a\n", b"Subject: x\n"])
+        );
         // A lone CR inside a line is content.
-        assert_ne!(digest_of(&[b"From a\n", b"Sub\rject: x\n"]), digest_of(&[b"From a\n", b"Subject: x\n"]));
+        assert_ne!(
+            digest_of(&[b"From a\n", b"Sub\rject: x\n"]),
+            digest_of(&[b"From a\n", b"Subject: x\n"])
+        );
     }
 
     #[test]
