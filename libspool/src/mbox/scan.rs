@@ -689,7 +689,9 @@ mod tests {
     #[test]
     #[ignore]
     fn scan_speed() {
-        let Some(path) = std::env::var_os("MBOX_BENCH") else { return };
+        let Some(path) = std::env::var_os("MBOX_BENCH") else {
+            return;
+        };
         let f = File::open(path).unwrap();
         let len = f.metadata().unwrap().len();
         for _ in 0..3 {
