@@ -205,6 +205,7 @@ fn digest_range(
 }
 
 /// Where a simulated crash stops the work (tests only ever pass anything but `None`).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Crash {
     None,

@@ -290,7 +290,14 @@ mod tests {
         let b = make(&sample(), &[], b"");
         let f = open_rw(&b.path);
         compact(&f, &b.path, &b.journal, b.extent_end, &[]).unwrap();
-        compact(&f, &b.path, &b.journal, b.extent_end, &[3..3]).unwrap();
+        compact(
+            &f,
+            &b.path,
+            &b.journal,
+            b.extent_end,
+            std::slice::from_ref(&(3..3)),
+        )
+        .unwrap();
         assert_eq!(fs::read(&b.path).unwrap(), b.original);
         assert!(no_journal(&b));
     }
@@ -303,10 +310,22 @@ mod tests {
         let r = &b.ranges;
         let cases: Vec<(Vec<Range<u64>>, u64)> = vec![
             (vec![r[1].clone(), r[0].clone()], b.extent_end), // unsorted
-            (vec![r[0].start..r[1].start + 1], b.extent_end), // ends past a From line
+            (
+                vec![Range {
+                    start: r[0].start,
+                    end: r[1].start + 1,
+                }],
+                b.extent_end,
+            ), // ends past a From line
             (vec![r[0].clone(), r[0].clone()], b.extent_end), // overlapping
             (vec![r[2].clone()], r[2].end - 1),               // past the extent
-            (vec![r[0].start + 1..r[0].end], b.extent_end),   // not at a From line
+            (
+                vec![Range {
+                    start: r[0].start + 1,
+                    end: r[0].end,
+                }],
+                b.extent_end,
+            ), // not at a From line
             (vec![r[0].clone()], b.original.len() as u64 + 1), // file shrank below extent
         ];
         for (del, extent) in cases {
@@ -375,7 +394,8 @@ mod tests {
                 fs::write(p, d).unwrap();
             }
         };
-        let damages: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        type Damage = Box<dyn Fn(&Path)>;
+        let damages: Vec<(&str, Damage)> = vec![
             ("magic", Box::new(flip(0))),
             ("offsets", Box::new(flip(33))),
             ("checksum", Box::new(flip(130))),
