@@ -262,9 +262,12 @@ pub(crate) fn write(
         let _ = fs::remove_file(&tmp);
         return Err(MailboxError::Io("install the journal", e));
     }
-    // If this fsync fails the journal may or may not survive a power loss; the mailbox has
-    // not been touched, so stopping here is safe either way.
-    sync_parent(journal)?;
+    // If this fsync fails the journal may or may not survive a power loss. The mailbox has
+    // not been touched: withdraw the journal so that the error really means "unchanged".
+    if let Err(e) = sync_parent(journal) {
+        let _ = fs::remove_file(journal);
+        return Err(e);
+    }
     Ok(Reached::Done)
 }
 
@@ -406,14 +409,17 @@ pub(crate) fn read_header(f: &File) -> Result<Header, MailboxError> {
     Header::decode(&hb).map_err(MailboxError::Journal)
 }
 
-/// Removes the journal and makes that durable: the last step of every replay.
+/// Removes the journal: the last step of every replay. The directory fsync after it is best
+/// effort: a journal that reappears after a power loss finds the mailbox truncated, checks
+/// the tail digest and is removed again, so failing the commit for it would be wrong.
 fn remove(journal: &Path) -> Result<(), MailboxError> {
     match fs::remove_file(journal) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(MailboxError::Io("remove the journal", e)),
     }
-    sync_parent(journal)
+    let _ = sync_parent(journal);
+    Ok(())
 }
 
 /// Brings `mbox` to the state `journal` describes, from whatever state a crash left it in,
