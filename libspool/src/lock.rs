@@ -721,7 +721,8 @@ fn helper_unlock_at(
 
 /// First thing a setgid program does: distrust everything inherited. Makes sure descriptors
 /// 0-2 are open (so a file we open can never become "stderr"), empties the environment and
-/// sets a sane umask.
+/// sets a sane umask. Call it first in `main`, before any thread exists (the environment is
+/// not thread-safe to modify).
 pub fn harden_setgid_process() {
     for fd in 0..=2 {
         if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(Errno::EBADF) {
