@@ -6,11 +6,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const MAILBOX_SIDE: &[&str] = &["mailbox", "canon", "mbox", "maildir", "lock", "journal", "session"];
+const MAILBOX_SIDE: &[&str] = &[
+    "mailbox", "canon", "mbox", "maildir", "lock", "journal", "session",
+];
 const LOGIN_SIDE: &[&str] = &["auth", "popup"];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -67,7 +72,11 @@ fn login_side_never_names_mailbox_code() {
         r.join("bins/pop-checkpassword/src"),
     ];
     let bad = violations(&paths, MAILBOX_SIDE);
-    assert!(bad.is_empty(), "login side reaches mailbox code:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "login side reaches mailbox code:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -75,19 +84,32 @@ fn transaction_side_never_names_password_code() {
     let r = root();
     let mut paths: Vec<PathBuf> = MAILBOX_SIDE
         .iter()
-        .flat_map(|m| [r.join(format!("libspool/src/{m}.rs")), r.join(format!("libspool/src/{m}"))])
+        .flat_map(|m| {
+            [
+                r.join(format!("libspool/src/{m}.rs")),
+                r.join(format!("libspool/src/{m}")),
+            ]
+        })
         .collect();
     paths.push(r.join("bins/pop-serve/src"));
     paths.push(r.join("bins/pop-dotlock/src"));
     let bad = violations(&paths, LOGIN_SIDE);
-    assert!(bad.is_empty(), "transaction side reaches password code:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "transaction side reaches password code:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn the_check_catches_a_violation() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("x.rs");
-    fs::write(&f, "use crate::mbox::scan;\n// crate::auth in a comment is fine\n").unwrap();
+    fs::write(
+        &f,
+        "use crate::mbox::scan;\n// crate::auth in a comment is fine\n",
+    )
+    .unwrap();
     assert_eq!(violations(&[f.clone()], MAILBOX_SIDE).len(), 1);
     assert!(violations(&[f], LOGIN_SIDE).is_empty());
 }

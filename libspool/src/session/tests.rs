@@ -105,7 +105,11 @@ fn stat_list_uidl_and_sizes_agree_with_retr() {
     )));
     assert!(out.ends_with("+OK popspool signing off (3 messages left)\r\n"));
     // Retrieved messages reach commit (Maildir marks them seen) but nothing is deleted.
-    assert!(b.commits.iter().flatten().all(|d| !d), "nothing deleted: {:?}", b.commits);
+    assert!(
+        b.commits.iter().flatten().all(|d| !d),
+        "nothing deleted: {:?}",
+        b.commits
+    );
 }
 
 #[test]
