@@ -10,7 +10,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -19,7 +19,7 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -166,13 +166,23 @@ fn body_line(rng: &mut Rng, i: usize) -> Vec<u8> {
         9 => vec![b'n', b'u', 0, b'l'],
         10 => b"lone\rcarriage return".to_vec(),
         11 => vec![b'w'; 900 + rng.below(3000) as usize],
-        _ => format!("line {i} {}", rng.next()).into_bytes(),
+        _ => format!("line {i} {}", rng.next_u64()).into_bytes(),
     }
 }
 
 /// A varied mailbox of `n` messages, deterministic for `seed`. The last message may lack its
 /// final newline; the first may be preceded by nothing else (leading garbage is a separate test).
 pub fn varied(seed: u64, n: usize) -> Vec<Message> {
+    varied_with(seed, n, 3900)
+}
+
+/// Like [`varied`], with lines no longer than RFC 5322's 998 octets: what real clients get
+/// (Python's poplib refuses lines over 2048).
+pub fn varied_rfc5322(seed: u64, n: usize) -> Vec<Message> {
+    varied_with(seed, n, 998)
+}
+
+fn varied_with(seed: u64, n: usize, max_line: usize) -> Vec<Message> {
     let mut rng = Rng::new(seed);
     (0..n)
         .map(|i| {
@@ -201,7 +211,15 @@ pub fn varied(seed: u64, n: usize) -> Vec<Message> {
             m.body = match rng.below(12) {
                 0 => Some(Vec::new()),
                 1 => None,
-                _ => Some((0..lines).map(|_| body_line(&mut rng, i)).collect()),
+                _ => Some(
+                    (0..lines)
+                        .map(|_| {
+                            let mut l = body_line(&mut rng, i);
+                            l.truncate(max_line);
+                            l
+                        })
+                        .collect(),
+                ),
             };
             if rng.chance(20) {
                 m.ending = Ending::Crlf;

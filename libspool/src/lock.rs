@@ -304,15 +304,28 @@ fn take_dotlock(
                 ));
             }
             Attempt::Busy => {
-                if let Some((dev, ino, lock_age, box_age)) = stale(&path, file, opts.stale_age)? {
+                if let Some(StaleLock {
+                    dev,
+                    ino,
+                    lock_age,
+                    box_age,
+                    gone,
+                }) = stale(&path, file, opts.stale_age)?
+                {
                     if warned != Some((dev, ino)) {
                         warned = Some((dev, ino));
-                        warnings.push(format!(
-                            "breaking stale dotlock {}: {}s old, mailbox unchanged for {}s",
-                            path.display(),
-                            lock_age.as_secs(),
-                            box_age.as_secs()
-                        ));
+                        warnings.push(match gone {
+                            Some(pid) => format!(
+                                "breaking stale dotlock {}: its creator, pid {pid}, is gone",
+                                path.display()
+                            ),
+                            None => format!(
+                                "breaking stale dotlock {}: {}s old, mailbox unchanged for {}s",
+                                path.display(),
+                                lock_age.as_secs(),
+                                box_age.as_secs()
+                            ),
+                        });
                     }
                     match unlink_if_same(&path, dev, ino) {
                         Ok(()) => continue,
@@ -359,13 +372,18 @@ fn create_dotlock(path: &Path) -> Result<Attempt, MailboxError> {
     })
 }
 
-/// The existing dotlock, if the stale rule says it may be broken: (dev, ino, its age, how
-/// long the mailbox has been unchanged).
-fn stale(
-    path: &Path,
-    file: &File,
-    stale_age: Duration,
-) -> Result<Option<(u64, u64, Duration, Duration)>, MailboxError> {
+/// A dotlock the stale rule says may be broken, and why.
+struct StaleLock {
+    dev: u64,
+    ino: u64,
+    lock_age: Duration,
+    box_age: Duration,
+    /// The dead creator's pid, when that is the reason.
+    gone: Option<i32>,
+}
+
+/// The existing dotlock, if the stale rule says it may be broken.
+fn stale(path: &Path, file: &File, stale_age: Duration) -> Result<Option<StaleLock>, MailboxError> {
     let lm = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -377,10 +395,34 @@ fn stale(
         return Ok(None);
     };
     let (lock_age, box_age) = (age(now, lt), age(now, bt));
-    if lock_age >= stale_age && box_age >= stale_age {
-        Ok(Some((lm.dev(), lm.ino(), lock_age, box_age)))
+    let gone = fs::read(path).ok().and_then(|c| dead_owner(&c));
+    if (lock_age >= stale_age && box_age >= stale_age) || gone.is_some() {
+        Ok(Some(StaleLock {
+            dev: lm.dev(),
+            ino: lm.ino(),
+            lock_age,
+            box_age,
+            gone,
+        }))
     } else {
         Ok(None)
+    }
+}
+
+/// The pid recorded in a dotlock, when that process no longer exists on this host. Like
+/// liblockfile, a dotlock whose creator is gone is stale at once: a killed session (or MDA)
+/// must not lock its mailbox for `STALE_DOTLOCK_AGE`. An empty or non-numeric dotlock (procmail
+/// writes none) falls back to the age rule; a live or unknown pid (EPERM: another user's
+/// process) is respected. Assumes the spool is local, as its locking already does.
+pub fn dead_owner(content: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(content).ok()?.trim();
+    let pid: i32 = text.parse().ok()?;
+    if pid <= 1 {
+        return None;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => Some(pid),
+        _ => None,
     }
 }
 
@@ -664,7 +706,9 @@ fn helper_lock_at(
         return Err(HelperError::Refused("dotlock is not a regular file".into()));
     }
     let now = SystemTime::now();
-    if age(now, mtime(&lst)) < STALE_DOTLOCK_AGE || age(now, mtime(mbox)) < STALE_DOTLOCK_AGE {
+    let young =
+        age(now, mtime(&lst)) < STALE_DOTLOCK_AGE || age(now, mtime(mbox)) < STALE_DOTLOCK_AGE;
+    if young && !lock_owner_gone_at(dfd, lock) {
         return Ok(HelperOutcome::Busy);
     }
     match fstatat_nofollow(dfd, lock) {
@@ -683,6 +727,22 @@ fn helper_lock_at(
         Err(e) => return Err(sys("stat the dotlock", e)),
     }
     retry_once(dfd, lock)
+}
+
+/// The helper's view of [`dead_owner`]: reads the dotlock through the directory descriptor.
+fn lock_owner_gone_at(dfd: RawFd, lock: &OsString) -> bool {
+    let Ok(fd) = nix::fcntl::openat(
+        Some(dfd),
+        lock.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let mut buf = [0u8; 32];
+    let n = nix::unistd::read(fd, &mut buf).unwrap_or(0);
+    let _ = nix::unistd::close(fd);
+    dead_owner(&buf[..n]).is_some()
 }
 
 fn retry_once(dfd: RawFd, lock: &OsString) -> Result<HelperOutcome, HelperError> {
@@ -899,12 +959,12 @@ mod tests {
     fn busy_fresh_dotlock_times_out_and_is_left_alone() {
         let (_d, path, f) = mailbox();
         let lp = dotlock_path(&path);
-        fs::write(&lp, b"4242\n").unwrap();
+        fs::write(&lp, b"1\n").unwrap();
         let t = Instant::now();
         let e = ContentLock::acquire(&path, &f, &opts(SHORT)).unwrap_err();
         assert!(matches!(e, MailboxError::LockTimeout(_)), "{e}");
         assert!(t.elapsed() >= SHORT);
-        assert_eq!(fs::read(&lp).unwrap(), b"4242\n");
+        assert_eq!(fs::read(&lp).unwrap(), b"1\n");
     }
 
     #[test]
@@ -933,6 +993,25 @@ mod tests {
                 assert_eq!(fs::read(&lp).unwrap(), b"1\n");
             }
         }
+    }
+
+    #[test]
+    fn dotlock_of_a_dead_process_is_broken_at_once() {
+        let (_d, path, file) = mailbox();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        fs::write(dotlock_path(&path), format!("{pid}\n")).unwrap();
+        let l = ContentLock::acquire(&path, &file, &opts(Duration::from_millis(300))).unwrap();
+        assert!(l.warnings()[0].contains("is gone"), "{:?}", l.warnings());
+        l.release().unwrap();
+        // A live creator (ourselves) and a lock without a pid are respected.
+        fs::write(dotlock_path(&path), format!("{}\n", std::process::id())).unwrap();
+        assert!(ContentLock::acquire(&path, &file, &opts(Duration::from_millis(200))).is_err());
+        fs::write(dotlock_path(&path), b"").unwrap();
+        assert!(ContentLock::acquire(&path, &file, &opts(Duration::from_millis(200))).is_err());
+        assert_eq!(dead_owner(b"1\n"), None);
+        assert_eq!(dead_owner(b"abc"), None);
     }
 
     #[test]
@@ -992,10 +1071,10 @@ mod tests {
         let want = format!("lock {p} noenv\nunlock {p} noenv\n", p = path.display());
         assert_eq!(calls, want);
         // Busy through the helper: a timeout, and the holder's lock stays.
-        fs::write(dotlock_path(&path), b"9\n").unwrap();
+        fs::write(dotlock_path(&path), b"1\n").unwrap();
         let e = ContentLock::acquire_inner(&path, &f, &o, true).unwrap_err();
         assert!(matches!(e, MailboxError::LockTimeout(_)), "{e}");
-        assert_eq!(fs::read(dotlock_path(&path)).unwrap(), b"9\n");
+        assert_eq!(fs::read(dotlock_path(&path)).unwrap(), b"1\n");
     }
 
     #[test]

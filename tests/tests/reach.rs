@@ -110,6 +110,6 @@ fn the_check_catches_a_violation() {
         "use crate::mbox::scan;\n// crate::auth in a comment is fine\n",
     )
     .unwrap();
-    assert_eq!(violations(&[f.clone()], MAILBOX_SIDE).len(), 1);
+    assert_eq!(violations(std::slice::from_ref(&f), MAILBOX_SIDE).len(), 1);
     assert!(violations(&[f], LOGIN_SIDE).is_empty());
 }

@@ -90,7 +90,7 @@ fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
 
 fn setup(seed: u64, n: usize) -> (tempfile::TempDir, Vec<Message>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let msgs = gen::varied(seed, n);
+    let msgs = gen::varied_rfc5322(seed, n);
     let p = dir.path().join("mbox");
     fs::write(&p, gen::mbox_bytes(&msgs)).unwrap();
     (dir, msgs, format!("mbox:{}", p.display()))

@@ -58,10 +58,16 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
         stale_age: limits::STALE_DOTLOCK_AGE,
     };
     let lock = ContentLock::acquire(path, &file, &lock_opts)?;
-    journal::recover(&paths.journal, path, &file)?;
+    let replayed = journal::recover(&paths.journal, path, &file)?;
     let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
     let canon = canon_options(opts);
-    let scanned = scan::scan(&file, meta.len(), canon).map_err(scan_err)?;
+    let mut scanned = scan::scan(&file, meta.len(), canon).map_err(scan_err)?;
+    scanned.warnings.extend(lock.warnings().iter().cloned());
+    if replayed {
+        scanned
+            .warnings
+            .push("finished an interrupted update from its journal".into());
+    }
     lock.release()?;
     if scanned.extent_end == 0 {
         return Ok(Box::new(EmptyMailbox));
@@ -249,6 +255,9 @@ pub fn delete_ranges(messages: &[MessageInfo], deleted: &[usize]) -> Vec<Range<u
 impl Mailbox for MboxMailbox {
     fn count(&self) -> usize {
         self.scan.len()
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.scan.warnings.clone()
     }
 
     fn size(&self, i: usize) -> u64 {
