@@ -376,3 +376,30 @@ fn refuses_root_without_allow_root() {
     assert!(l.starts_with("-ERR [SYS/PERM]"), "{l}");
     s.finish();
 }
+
+#[test]
+fn quit_reports_a_failed_update_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = gen::varied(13, 6);
+    let mb = write_mbox(dir.path(), &msgs);
+    let mut args = serve_args(&dir.path().join("state"));
+    args.extend(["--lock-timeout".to_string(), "1".to_string(), mb]);
+    let mut s = Served::spawn(&args, &[("USER", "tester")]);
+    assert_eq!(s.client.line(), "+OK ");
+    // An MDA (a live process: this test) holds the dotlock when the client quits.
+    let lock = dir.path().join("mbox.lock");
+    fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    s.client.cmd("DELE 1");
+    s.client.cmd("DELE 2");
+    let l = s.client.cmd("QUIT");
+    assert!(
+        l.starts_with("-ERR [SYS/TEMP]") && l.ends_with("no messages were deleted"),
+        "{l}"
+    );
+    s.finish();
+    assert_eq!(
+        fs::read(dir.path().join("mbox")).unwrap(),
+        gen::mbox_bytes(&msgs)
+    );
+    assert!(lock.exists(), "somebody else's dotlock is never removed");
+}
