@@ -93,6 +93,8 @@ fn transaction_side_never_names_password_code() {
         .collect();
     paths.push(r.join("bins/pop-serve/src"));
     paths.push(r.join("bins/pop-dotlock/src"));
+    paths.push(r.join("bins/pop-deliver/src"));
+    paths.push(r.join("bins/pop-spool/src"));
     let bad = violations(&paths, LOGIN_SIDE);
     assert!(
         bad.is_empty(),

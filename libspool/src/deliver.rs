@@ -1,0 +1,2 @@
+//! Local delivery into an mbox or Maildir under the MTAs' lock protocol: what `pop-deliver`
+//! does. OWNER: deliver helper.
