@@ -5,8 +5,8 @@
 //! checkpassword hand-off) and `auth` (verifying credentials, dropping to the user) are the
 //! login side that only `pop-popup` and `pop-checkpassword` use; `mailbox`, `canon`, `mbox`,
 //! `maildir`, `lock`, `journal` and `session` are the transaction side that only `pop-serve`,
-//! `pop-deliver` and `pop-spool` use (`deliver` and `admin` are theirs). `tests/tests/reach.rs` checks that no module of one side
-//! names a module of the other.
+//! `pop-deliver` and `pop-spool` use (`deliver` and `admin` are theirs).
+//! `tests/tests/reach.rs` checks that no module of one side names a module of the other.
 
 pub mod admin;
 pub mod auth;
