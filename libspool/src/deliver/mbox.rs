@@ -318,6 +318,12 @@ fn make_hash_dirs(spool: &Path, dir: &Path, gid: u32, me: Identity) -> Result<()
     let Ok(rel) = dir.strip_prefix(spool) else {
         return Ok(());
     };
+    if let Err(e) = fs::metadata(spool) {
+        return Err(DeliverError::Io(
+            "use the spool directory",
+            io::Error::new(e.kind(), format!("{}: {e}", spool.display())),
+        ));
+    }
     let mut at = spool.to_path_buf();
     for c in rel.components() {
         at.push(c);
