@@ -89,7 +89,7 @@ pub fn parse_shadow(line: &[u8]) -> Option<ShadowLine<'_>> {
     let day = |i: usize| -> Option<Option<i64>> {
         match f.get(i) {
             None => Some(None),
-            Some(v) if v.is_empty() => Some(None),
+            Some([]) => Some(None),
             Some(v) => {
                 let s = std::str::from_utf8(v).ok()?;
                 // shadow-utils writes -1 for "unset" in some versions.
@@ -181,7 +181,9 @@ pub fn lookup(
     paths: &Paths<'_>,
     policy: &Policy,
 ) -> Result<Option<Account>, AuthError> {
-    let mut entry: Option<(u32, u32, Vec<u8>, Vec<u8>, Vec<u8>)> = None;
+    // uid, gid, password field, home, shell of the first line for `user`.
+    type Entry = (u32, u32, Vec<u8>, Vec<u8>, Vec<u8>);
+    let mut entry: Option<Entry> = None;
     let mut malformed = false;
     for_each_line(paths.passwd, |l| {
         if entry.is_some() || malformed || !name_is(l, user) {
