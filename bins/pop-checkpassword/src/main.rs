@@ -1,1 +1,156 @@
-fn main() {}
+//! pop-checkpassword: verifies the credentials a checkpassword front end (pop-popup,
+//! qmail-popup) passes on fd 3, becomes the user, and execs the rest of its command line.
+//!
+//! Exit status: 1 bad credentials, 2 misuse, 111 temporary failure; on success the status is
+//! the exec'd program's. See doc/pop-checkpassword.8.
+
+use clap::{Parser, ValueEnum};
+use libspool::auth::{self, checkpw, AuthError, Config, Source};
+use libspool::log::{Level, LogTarget, Logger};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// /etc/passwd and /etc/shadow (read directly, not through NSS).
+    System,
+    /// A Dovecot passwd-file of virtual users.
+    PasswdFile,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pop-checkpassword",
+    version,
+    about = "checkpassword-interface verifier: reads user\\0password\\0timestamp\\0 on fd 3, \
+             becomes the user, execs PROG"
+)]
+struct Args {
+    /// Where accounts come from.
+    #[arg(long, value_enum, default_value = "system")]
+    source: SourceKind,
+
+    /// The passwd file (system source).
+    #[arg(long, default_value = "/etc/passwd")]
+    passwd: PathBuf,
+
+    /// The shadow file (system source).
+    #[arg(long, default_value = "/etc/shadow")]
+    shadow: PathBuf,
+
+    /// The Dovecot passwd-file (required with --source passwd-file).
+    #[arg(long)]
+    passwd_file: Option<PathBuf>,
+
+    /// uid for passwd-file lines whose uid field is empty.
+    #[arg(long)]
+    virtual_uid: Option<u32>,
+
+    /// gid for passwd-file lines whose gid field is empty.
+    #[arg(long)]
+    virtual_gid: Option<u32>,
+
+    /// Home for passwd-file lines whose home field is empty (`%u` = user name, `%%` = `%`).
+    #[arg(long)]
+    virtual_home: Option<String>,
+
+    /// Refuse accounts whose uid is below this.
+    #[arg(long, default_value_t = 1000)]
+    min_uid: u32,
+
+    /// Allow uid 0 (also needs --min-uid 0).
+    #[arg(long)]
+    allow_root: bool,
+
+    /// Accept traditional DES crypt hashes (only 8 password characters count).
+    #[arg(long)]
+    allow_des: bool,
+
+    /// Accept system accounts whose shell is nologin or false (mail-only accounts).
+    #[arg(long)]
+    allow_nologin_shell: bool,
+
+    /// Refuse system accounts whose shell is not listed in the --shells file.
+    #[arg(long)]
+    require_valid_shell: bool,
+
+    /// The shells(5) file for --require-valid-shell.
+    #[arg(long, default_value = "/etc/shells")]
+    shells: PathBuf,
+
+    /// Ignore shadow password aging (fields 3, 5, 7); account expiry (field 8) still applies.
+    #[arg(long)]
+    ignore_password_aging: bool,
+
+    /// Pass this environment variable through to PROG as well (repeatable).
+    #[arg(long, value_name = "NAME")]
+    keep_env: Vec<String>,
+
+    /// Seconds the caller may take to write fd 3 and close it.
+    #[arg(long, default_value_t = checkpw::FD3_TIMEOUT.as_secs())]
+    fd3_timeout: u64,
+
+    /// Where log lines go (facility mail for syslog).
+    #[arg(long, default_value = "syslog")]
+    log: LogTarget,
+
+    /// The program to exec as the user, and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROG")]
+    prog: Vec<OsString>,
+}
+
+impl Args {
+    fn config(&self) -> Result<Config, AuthError> {
+        let source = match self.source {
+            SourceKind::System => {
+                if self.passwd_file.is_some() {
+                    return Err(AuthError::Misuse(
+                        "--passwd-file needs --source passwd-file".into(),
+                    ));
+                }
+                Source::System {
+                    passwd: self.passwd.clone(),
+                    shadow: self.shadow.clone(),
+                    allow_nologin_shell: self.allow_nologin_shell,
+                    valid_shells: self.require_valid_shell.then(|| self.shells.clone()),
+                    ignore_password_aging: self.ignore_password_aging,
+                }
+            }
+            SourceKind::PasswdFile => Source::PasswdFile {
+                path: self.passwd_file.clone().ok_or_else(|| {
+                    AuthError::Misuse("--source passwd-file needs --passwd-file PATH".into())
+                })?,
+                default_uid: self.virtual_uid,
+                default_gid: self.virtual_gid,
+                default_home: self.virtual_home.clone(),
+            },
+        };
+        if self.fd3_timeout == 0 {
+            return Err(AuthError::Misuse("--fd3-timeout must be at least 1".into()));
+        }
+        Ok(Config {
+            source,
+            min_uid: self.min_uid,
+            allow_root: self.allow_root,
+            allow_des: self.allow_des,
+            keep_env: self.keep_env.clone(),
+            fd3_timeout: Duration::from_secs(self.fd3_timeout),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    // clap exits 2 on a usage error, which is the interface's "misuse".
+    let args = Args::parse();
+    let log = Logger::new("pop-checkpassword", args.log);
+    let err = match args.config() {
+        Ok(cfg) => auth::run(&cfg, &args.prog, &log),
+        Err(e) => {
+            log.log(Level::Err, &e.to_string());
+            e
+        }
+    };
+    ExitCode::from(err.exit_code())
+}
