@@ -47,6 +47,15 @@ pub enum ArgvError {
     Nul(usize),
 }
 
+impl std::fmt::Display for ArgvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgvError::TooFew => write!(f, "CHECKPROG and SUBPROG are required"),
+            ArgvError::Nul(i) => write!(f, "argument {i} of CHECKPROG contains a NUL byte"),
+        }
+    }
+}
+
 /// The real hand-off: fork and exec the checkpassword program.
 pub struct ExecChecker {
     argv: Vec<CString>,

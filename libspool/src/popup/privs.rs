@@ -193,6 +193,18 @@ pub fn shed_capabilities() -> Result<Shed, PrivsError> {
     })
 }
 
+/// Marks the process not dumpable: no core file and no ptrace by the same uid while it holds
+/// passwords (the command-line buffer's copies cannot all be wiped). The kernel resets this
+/// at exec, so the checkpassword chain is unaffected.
+pub fn forbid_core_dumps() -> std::io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes an integer; no pointers involved.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
