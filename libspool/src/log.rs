@@ -111,12 +111,61 @@ pub fn client_address() -> String {
             }
         }
     }
-    use nix::sys::socket::{getpeername, SockaddrStorage};
-    match getpeername::<SockaddrStorage>(0) {
-        Ok(addr) => match addr.to_string().parse::<std::net::SocketAddr>() {
-            Ok(sa) => sa.ip().to_string(),
-            Err(_) => "local".into(),
-        },
-        Err(_) => "-".into(),
+    peer_of(0).unwrap_or_else(|| "-".into())
+}
+
+/// The IP address of the peer of socket `fd`, "local" for a Unix socket, None when `fd` is
+/// not a socket (a pipe, a terminal).
+fn peer_of(fd: i32) -> Option<String> {
+    // SAFETY: sockaddr_storage is plain old data for which all-zero bytes are valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss is writable for `len` bytes and len is its true size.
+    let r = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says ss holds a sockaddr_in.
+            let sin: &libc::sockaddr_in =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast() };
+            Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says ss holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(
+                ip.to_ipv4_mapped()
+                    .map(|v4| v4.to_string())
+                    .unwrap_or_else(|| ip.to_string()),
+            )
+        }
+        _ => Some("local".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn peer_address_of_a_tcp_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(peer_of(c.as_raw_fd()).as_deref(), Some("127.0.0.1"));
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(peer_of(a.as_raw_fd()).as_deref(), Some("local"));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert_eq!(peer_of(r.as_raw_fd()), None);
     }
 }

@@ -139,6 +139,20 @@ impl LineBuffer {
         Some(Line::Complete(line))
     }
 
+    /// Overwrites every byte the buffer holds that is not still waiting to be taken: lines
+    /// already returned (a PASS line, say) and stale copies left by compaction, including the
+    /// vector's spare capacity. The front end calls it after each line so a password does not
+    /// linger here once it has been handed on. (A copy made by an earlier reallocation is out
+    /// of reach; lines are short and the buffer rarely grows during authorization.)
+    pub fn wipe_taken(&mut self) {
+        // buf[pos..] is what is still to come (complete lines, then the unfinished one).
+        let pos = self.pos;
+        self.buf[..pos].fill(0);
+        for b in self.buf.spare_capacity_mut() {
+            b.write(0);
+        }
+    }
+
     /// True when part of a line has arrived (the line deadline is running).
     ///
     /// Also true while the rest of an overlong line is being discarded: that line is still
@@ -173,6 +187,24 @@ impl LineBuffer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn wipe_taken_leaves_no_copy_of_a_taken_line() {
+        let mut lb = LineBuffer::new(255);
+        lb.push(b"PASS hunter2-secret\r\nSTAT\r\nNOO");
+        assert_eq!(
+            lb.next_line(),
+            Some(Line::Complete(b"PASS hunter2-secret".to_vec()))
+        );
+        lb.wipe_taken();
+        assert!(
+            !lb.buf.windows(7).any(|w| w == b"hunter2"),
+            "password still buffered"
+        );
+        assert_eq!(lb.next_line(), Some(Line::Complete(b"STAT".to_vec())));
+        lb.push(b"P\r\n");
+        assert_eq!(lb.next_line(), Some(Line::Complete(b"NOOP".to_vec())));
+    }
     use super::*;
     use crate::limits::MAX_COMMAND_LINE;
     use proptest::prelude::*;

@@ -415,6 +415,7 @@ impl<I: ClientInput, W: Write, C: Checker> Session<'_, I, W, C> {
             match self.lines.next_line() {
                 Some(Line::Complete(l)) => {
                     let l = Zeroizing::new(l);
+                    self.lines.wipe_taken();
                     if !sasl && l.len() + 2 > MAX_COMMAND_LINE {
                         return Got::TooLong;
                     }
