@@ -181,12 +181,14 @@ fn stale(lock: &Path, mailbox_age: Option<Duration>) -> io::Result<Option<String
     let m = fs::symlink_metadata(lock)?;
     let content = fs::read(lock).unwrap_or_default();
     if let Some(pid) = dead_owner(&content) {
-        return Ok(Some(format!("stale dotlock: its creator, pid {pid}, is gone")));
+        return Ok(Some(format!(
+            "stale dotlock: its creator, pid {pid}, is gone"
+        )));
     }
     let age = SystemTime::now()
         .duration_since(m.modified()?)
         .unwrap_or(Duration::ZERO);
-    let quiet = mailbox_age.map_or(true, |a| a >= limits::STALE_DOTLOCK_AGE);
+    let quiet = mailbox_age.is_none_or(|a| a >= limits::STALE_DOTLOCK_AGE);
     if age >= limits::STALE_DOTLOCK_AGE && quiet {
         return Ok(Some(format!(
             "stale dotlock: {}s old, mailbox unchanged as long",
@@ -246,7 +248,10 @@ fn check_mailbox(
         return Ok(());
     }
     match super::lookup_user(user)? {
-        None => cx.problem(path, &format!("no user {:?} in the password database", show(user))),
+        None => cx.problem(
+            path,
+            &format!("no user {:?} in the password database", show(user)),
+        ),
         Some(pw) => {
             let want = Want::mailbox(&pw, gid);
             let diff = want.differences(&m);
@@ -297,7 +302,9 @@ fn check_mailbox(
                 &j,
                 "interrupted update pending (replayed by the next session or `pop-spool expire`)",
             );
-            return lock.release().map_err(|e| AdminError::Mailbox(path.into(), e));
+            return lock
+                .release()
+                .map_err(|e| AdminError::Mailbox(path.into(), e));
         }
     }
     let len = file.metadata().map_err(io_at("stat", path))?.len();

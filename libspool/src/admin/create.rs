@@ -79,7 +79,12 @@ pub enum Outcome {
 
 /// Makes sure `dir` is a directory owned as `want`: created if missing; fixed if `fix`.
 /// With `set_owner` false (not root) a created directory keeps our owner and is only chmod-ed.
-pub fn ensure_dir(dir: &Path, want: Want, fix: bool, set_owner: bool) -> Result<Outcome, AdminError> {
+pub fn ensure_dir(
+    dir: &Path,
+    want: Want,
+    fix: bool,
+    set_owner: bool,
+) -> Result<Outcome, AdminError> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {
             let diff = want.differences(&m);
@@ -159,7 +164,10 @@ pub fn create_one(
 ) -> Result<(), AdminError> {
     let path = layout.mailbox(user)?;
     let pw = super::lookup_user(user)?.ok_or_else(|| {
-        AdminError::Usage(format!("no such user {:?} in the password database", super::show(user)))
+        AdminError::Usage(format!(
+            "no such user {:?} in the password database",
+            super::show(user)
+        ))
     })?;
     for (d, o) in ensure_hash_dirs(layout, user, Want::dir(mail_gid), fix, true)? {
         note(ui, report, &d, &o, false);
@@ -173,7 +181,8 @@ pub fn create_one(
         .open(&path);
     let outcome = match created {
         Ok(f) => {
-            want.apply(&f).map_err(io_at("set owner and mode of", &path))?;
+            want.apply(&f)
+                .map_err(io_at("set owner and mode of", &path))?;
             f.sync_all().map_err(io_at("sync", &path))?;
             super::sync_dir(super::parent_of(&path))?;
             Outcome::Created
@@ -228,7 +237,10 @@ fn note(ui: &mut Ui<'_>, r: &mut CreateReport, path: &Path, o: &Outcome, mailbox
         }
         Outcome::Differs(d) => {
             r.differs += 1;
-            ui.say(&format!("differs {p}: {} (not changed without --fix)", d.join(", ")));
+            ui.say(&format!(
+                "differs {p}: {} (not changed without --fix)",
+                d.join(", ")
+            ));
         }
     }
 }

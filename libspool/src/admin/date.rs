@@ -25,7 +25,10 @@ fn month(tok: &str) -> Option<u32> {
         return None;
     }
     let lower = tok.to_ascii_lowercase();
-    MONTHS.iter().position(|m| *m == lower).map(|i| i as u32 + 1)
+    MONTHS
+        .iter()
+        .position(|m| *m == lower)
+        .map(|i| i as u32 + 1)
 }
 
 fn number(tok: &str, max_len: usize) -> Option<u32> {
@@ -66,7 +69,7 @@ fn date_at(toks: &[&str], i: usize) -> Option<i64> {
 
 fn days_in_month(y: u32, m: u32) -> u32 {
     match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 if (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -98,12 +101,21 @@ mod tests {
             ("From a@b Thu Feb 29 12:00:00 2024", Some(1_709_208_000)),
             ("From a@b Fri Mar  1 00:00 2024", Some(1_709_251_200)),
             // Zones between the time and the year, and UUCP's suffix.
-            ("From a@b Mon Jan  1 00:00:00 +0000 2024", Some(1_704_067_200)),
+            (
+                "From a@b Mon Jan  1 00:00:00 +0000 2024",
+                Some(1_704_067_200),
+            ),
             ("From a@b Mon Jan  1 00:00:00 UTC 2024", Some(1_704_067_200)),
-            ("From a@b Mon Jan  1 00:00:00 2024 remote from x", Some(1_704_067_200)),
+            (
+                "From a@b Mon Jan  1 00:00:00 2024 remote from x",
+                Some(1_704_067_200),
+            ),
             // A sender with spaces, and no weekday.
             ("From \"a b\"@c Jan  1 00:00:00 2024", Some(1_704_067_200)),
-            ("From MAILER-DAEMON Sat Jan  3 01:05:34 1996", Some(820_631_134)),
+            (
+                "From MAILER-DAEMON Sat Jan  3 01:05:34 1996",
+                Some(820_631_134),
+            ),
             ("From a@b mon JAN  1 00:00:00 2024", Some(1_704_067_200)),
             // Unparsable.
             ("From a@b", None),

@@ -91,8 +91,15 @@ pub fn expire(opts: &ExpireOptions, ui: &mut Ui<'_>) -> Result<ExpireReport, Adm
         match expire_one(opts, user, path, cutoff, ui, &mut report) {
             Ok((n, b)) => {
                 if n > 0 {
-                    let verb = if opts.dry_run { "would remove" } else { "removed" };
-                    ui.say(&format!("{}: {verb} {n} messages, {b} bytes", path.display()));
+                    let verb = if opts.dry_run {
+                        "would remove"
+                    } else {
+                        "removed"
+                    };
+                    ui.say(&format!(
+                        "{}: {verb} {n} messages, {b} bytes",
+                        path.display()
+                    ));
                 }
             }
             Err(e) => {
@@ -186,7 +193,8 @@ fn expire_one(
         report.bytes += bytes;
         return Ok((del.len(), bytes));
     }
-    let lock = ContentLock::acquire(path, &file, &lock_options(opts.lock_wait)).map_err(mbx(path))?;
+    let lock =
+        ContentLock::acquire(path, &file, &lock_options(opts.lock_wait)).map_err(mbx(path))?;
     for w in lock.warnings() {
         ui.warn(w);
     }
@@ -198,7 +206,10 @@ fn expire_one(
     }
     ensure_state_dir(&state, pw.as_ref())?;
     if journal::recover(&journal_path, path, &file).map_err(mbx(path))? {
-        ui.warn(&format!("{}: finished an interrupted update", path.display()));
+        ui.warn(&format!(
+            "{}: finished an interrupted update",
+            path.display()
+        ));
     }
     let len = file.metadata().map_err(io_at("stat", path))?.len();
     let scanned = mbox::scan::scan(&file, len, canon()).map_err(io_at("read", path))?;
@@ -267,7 +278,7 @@ mod tests {
         assert_eq!(r.removed, 0);
         opts.days = 0;
         assert!(matches!(expire(&opts, &mut ui), Err(AdminError::Usage(_))));
-        drop(ui);
+        let _ = ui;
         assert!(String::from_utf8(e).unwrap().contains("no date"));
     }
 }

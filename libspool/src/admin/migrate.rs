@@ -57,8 +57,8 @@
 
 use super::create::{ensure_hash_dirs, Want};
 use super::{
-    io_at, lock_options, open_mailbox, parent_of, show, still_names, sync_dir, AdminError,
-    Layout, StateDirs, Ui, COPY_CHUNK,
+    io_at, lock_options, open_mailbox, parent_of, show, still_names, sync_dir, AdminError, Layout,
+    StateDirs, Ui, COPY_CHUNK,
 };
 use crate::error::MailboxError;
 use crate::journal;
@@ -253,7 +253,13 @@ impl Record {
     fn encode(&self) -> String {
         format!(
             "{RECORD_MAGIC} {} {} {} {} {} {} {}\n",
-            self.old_dev, self.old_ino, self.start, self.end, self.new_ino, self.new_before, self.sha
+            self.old_dev,
+            self.old_ino,
+            self.start,
+            self.end,
+            self.new_ino,
+            self.new_before,
+            self.sha
         )
     }
 
@@ -400,7 +406,11 @@ pub fn migrate_one(
 
 fn dry_run(old: &Path, new: &Path, rec: &Path) -> Result<Moved, AdminError> {
     let om = fs::symlink_metadata(old).map_err(io_at("stat", old))?;
-    let resume = if rec.exists() { "resume an interrupted merge and " } else { "" };
+    let resume = if rec.exists() {
+        "resume an interrupted merge and "
+    } else {
+        ""
+    };
     let what = match fs::symlink_metadata(new) {
         Ok(nm) if nm.dev() == om.dev() && nm.ino() == om.ino() => {
             format!("{resume}remove the second name of the moved mailbox")
@@ -621,7 +631,9 @@ fn resolve_record(
         && hex(&digest(old_file, r.start..r.end, &mut buf).map_err(io_at("read", rec))?) == r.sha;
     if !same_old {
         if om.ino() == r.old_ino {
-            return Err(mismatch("the old mailbox no longer holds the bytes it records"));
+            return Err(mismatch(
+                "the old mailbox no longer holds the bytes it records",
+            ));
         }
         // The recorded old file was unlinked, which happens only after a complete append.
         remove_if_exists(rec)?;
@@ -655,8 +667,14 @@ fn resolve_record(
             mismatch("an MDA appended after a partial merge and no state directory is known for the journal (use --state-dir)")
         })?;
         super::ensure_state_dir(parent_of(j), pw.as_ref())?;
-        crate::mbox::commit::compact(new_file, new, j, nm.len(), &[r.new_before..r.new_before + p])
-            .map_err(mbx(new))?;
+        crate::mbox::commit::compact(
+            new_file,
+            new,
+            j,
+            nm.len(),
+            std::slice::from_ref(&(r.new_before..r.new_before + p)),
+        )
+        .map_err(mbx(new))?;
     }
     remove_if_exists(rec)?;
     Ok(r.start)
@@ -666,7 +684,9 @@ fn digest(f: &File, range: std::ops::Range<u64>, buf: &mut [u8]) -> io::Result<[
     let mut h = Sha256::new();
     let mut off = range.start;
     while off < range.end {
-        let n = usize::try_from(range.end - off).unwrap_or(usize::MAX).min(buf.len());
+        let n = usize::try_from(range.end - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         f.read_exact_at(&mut buf[..n], off)?;
         h.update(&buf[..n]);
         off += n as u64;
@@ -718,7 +738,9 @@ fn common_prefix(
     let (ba, bb) = buf.split_at_mut(half);
     let mut done = 0u64;
     while done < total {
-        let n = usize::try_from(total - done).unwrap_or(usize::MAX).min(half);
+        let n = usize::try_from(total - done)
+            .unwrap_or(usize::MAX)
+            .min(half);
         a.read_exact_at(&mut ba[..n], a_off + done)?;
         b.read_exact_at(&mut bb[..n], range.start + done)?;
         if let Some(k) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
@@ -769,7 +791,9 @@ fn append(
     let mut off = range.start;
     let mut at = new_before;
     while off < range.end {
-        let n = usize::try_from(range.end - off).unwrap_or(usize::MAX).min(buf.len());
+        let n = usize::try_from(range.end - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         old_file
             .read_exact_at(&mut buf[..n], off)
             .map_err(io_at("read", old))?;
@@ -789,7 +813,10 @@ fn sweep_records(opts: &MigrateOptions, ui: &mut Ui<'_>) {
         return;
     };
     for p in w.dotfiles {
-        let name = p.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
         let Some(user) = name
             .strip_prefix(b".")
             .and_then(|n| n.strip_suffix(RECORD_SUFFIX.as_bytes()))
@@ -842,8 +869,12 @@ mod tests {
         let (mut o, mut e) = (Vec::new(), Vec::new());
         let mut ui = Ui::new(&mut o, &mut e, false);
         let r = migrate(opts, &mut ui).unwrap();
-        drop(ui);
-        (r, String::from_utf8(o).unwrap(), String::from_utf8(e).unwrap())
+        let _ = ui;
+        (
+            r,
+            String::from_utf8(o).unwrap(),
+            String::from_utf8(e).unwrap(),
+        )
     }
 
     #[test]
@@ -857,18 +888,28 @@ mod tests {
         fs::create_dir(f.join("dir")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", f.join("link")).unwrap();
         let (r, out, err) = run(&e.opts);
-        assert_eq!((r.moved, r.merged, r.skipped, r.errors), (2, 0, 4, 0), "{out}{err}");
+        assert_eq!(
+            (r.moved, r.merged, r.skipped, r.errors),
+            (2, 0, 4, 0),
+            "{out}{err}"
+        );
         let t = &e.opts.to.spool;
         assert_eq!(fs::read(t.join("a/alice")).unwrap(), msg(1));
         assert_eq!(fs::read(t.join("b/bob")).unwrap(), b"");
         assert!(!f.join("alice").exists());
-        assert!(err.contains("a dotlock") && err.contains("a directory"), "{err}");
+        assert!(
+            err.contains("a dotlock") && err.contains("a directory"),
+            "{err}"
+        );
         // A straggler arrives at the old path; the rerun appends it.
         fs::write(f.join("alice"), msg(2)).unwrap();
         fs::write(f.join("bob"), b"").unwrap();
         let (r, out, _) = run(&e.opts);
         assert_eq!((r.moved, r.merged, r.errors), (0, 2, 0), "{out}");
-        assert_eq!(fs::read(t.join("a/alice")).unwrap(), [msg(1), msg(2)].concat());
+        assert_eq!(
+            fs::read(t.join("a/alice")).unwrap(),
+            [msg(1), msg(2)].concat()
+        );
         assert!(!f.join("alice").exists() && !f.join("bob").exists());
         assert!(!record_path(&t.join("a/alice")).exists());
         // Nothing left: a third run is a no-op.
@@ -880,13 +921,21 @@ mod tests {
     fn missing_final_newline_gets_one_before_the_append() {
         let e = env(0);
         let t = &e.opts.to.spool;
-        fs::write(t.join("u"), b"From a Mon Jan  1 00:00:00 2024\n\nno newline").unwrap();
+        fs::write(
+            t.join("u"),
+            b"From a Mon Jan  1 00:00:00 2024\n\nno newline",
+        )
+        .unwrap();
         fs::write(e.opts.from.join("u"), msg(3)).unwrap();
         run(&e.opts);
         let got = fs::read(t.join("u")).unwrap();
         assert_eq!(
             got,
-            [&b"From a Mon Jan  1 00:00:00 2024\n\nno newline\n"[..], &msg(3)].concat()
+            [
+                &b"From a Mon Jan  1 00:00:00 2024\n\nno newline\n"[..],
+                &msg(3)
+            ]
+            .concat()
         );
     }
 
@@ -913,7 +962,17 @@ mod tests {
         // (bytes of the partial append, torn record, mail an MDA appended to new after the crash)
         let mut cases = Vec::new();
         let first = msg(1).len();
-        for cut in [0, 1, 4, 5, 30, first, first + 3, old_bytes.len() - 1, old_bytes.len()] {
+        for cut in [
+            0,
+            1,
+            4,
+            5,
+            30,
+            first,
+            first + 3,
+            old_bytes.len() - 1,
+            old_bytes.len(),
+        ] {
             for torn in [false, true] {
                 for mda in [false, true] {
                     cases.push((cut, torn, mda));
@@ -1008,6 +1067,9 @@ mod tests {
         let p = record_path(&Path::new("/s").join(&name));
         assert!(p.file_name().unwrap().len() <= 255);
         assert!(p.file_name().unwrap().as_bytes().starts_with(b"."));
-        assert_eq!(record_path(Path::new("/s/u")), PathBuf::from("/s/.u.migrate"));
+        assert_eq!(
+            record_path(Path::new("/s/u")),
+            PathBuf::from("/s/.u.migrate")
+        );
     }
 }

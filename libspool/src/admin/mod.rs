@@ -89,9 +89,7 @@ impl AdminError {
     /// The one mapping from an error to `pop-spool`'s exit status.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AdminError::Usage(_) | AdminError::BadUser(..) | AdminError::NeedRoot(_) => {
-                EXIT_USAGE
-            }
+            AdminError::Usage(_) | AdminError::BadUser(..) | AdminError::NeedRoot(_) => EXIT_USAGE,
             AdminError::Mailbox(..) | AdminError::Io(..) | AdminError::Failed(_) => EXIT_TEMP,
         }
     }
@@ -329,8 +327,7 @@ pub(crate) fn ensure_state_dir(dir: &Path, owner: Option<&PwUser>) -> Result<(),
         .create(dir)
         .map_err(io_at("create", dir))?;
     if let (true, Some(pw)) = (is_root(), owner) {
-        std::os::unix::fs::chown(dir, Some(pw.uid), Some(pw.gid))
-            .map_err(io_at("chown", dir))?;
+        std::os::unix::fs::chown(dir, Some(pw.uid), Some(pw.gid)).map_err(io_at("chown", dir))?;
     }
     Ok(())
 }
@@ -453,8 +450,12 @@ fn walk_dir(layout: &Layout, dir: &Path, level: u8, w: &mut Walk) -> Result<(), 
 }
 
 /// The users to work on: the named ones, or every mailbox of the spool (`--all`).
-pub fn select(layout: &Layout, users: &[OsString], all: bool) -> Result<Vec<(Vec<u8>, PathBuf)>, AdminError> {
-    if all == !users.is_empty() {
+pub fn select(
+    layout: &Layout,
+    users: &[OsString],
+    all: bool,
+) -> Result<Vec<(Vec<u8>, PathBuf)>, AdminError> {
+    if all != users.is_empty() {
         return Err(AdminError::Usage(
             "name users or give --all (not both)".into(),
         ));
@@ -490,7 +491,10 @@ mod tests {
     fn exit_codes_are_mapped_once() {
         let table: Vec<(AdminError, i32)> = vec![
             (AdminError::Usage("x".into()), EXIT_USAGE),
-            (AdminError::BadUser("..".into(), PathError::Unsafe), EXIT_USAGE),
+            (
+                AdminError::BadUser("..".into(), PathError::Unsafe),
+                EXIT_USAGE,
+            ),
             (AdminError::NeedRoot("create"), EXIT_USAGE),
             (AdminError::Io("x".into(), io::Error::other("y")), EXIT_TEMP),
             (
@@ -535,7 +539,10 @@ mod tests {
         assert_eq!(w.dirs, vec![s.join("a"), s.join("b")]);
         assert_eq!(w.dotlocks, vec![s.join("a/alice.lock")]);
         assert_eq!(w.dotfiles, vec![s.join("b/.bob.migrate")]);
-        assert_eq!(w.strays, vec![s.join("a/bob"), s.join("b/bob"), s.join("flat")]);
+        assert_eq!(
+            w.strays,
+            vec![s.join("a/bob"), s.join("b/bob"), s.join("flat")]
+        );
     }
 
     #[test]
@@ -544,14 +551,14 @@ mod tests {
         let mut ui = Ui::new(&mut o, &mut e, false);
         ui.tick("x", 1, 2);
         ui.say("line");
-        drop(ui);
+        let _ = ui;
         assert!(e.is_empty());
         let (mut o2, mut e2) = (Vec::new(), Vec::new());
         let mut ui = Ui::new(&mut o2, &mut e2, true);
         ui.tick("x", 1, 2);
         ui.tick("x", 2, 2);
         ui.done();
-        drop(ui);
+        let _ = ui;
         let s = String::from_utf8(e2).unwrap();
         assert!(s.contains("\rx: 1/2") && s.contains("\rx: 2/2"), "{s:?}");
         assert_eq!(o, b"line\n");

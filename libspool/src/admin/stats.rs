@@ -43,14 +43,29 @@ impl Stats {
 
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let w = self.boxes.iter().map(|b| b.user.len()).max().unwrap_or(4).max(4);
-        s.push_str(&format!("{:<w$} {:>10} {:>14}\n", "USER", "MESSAGES", "BYTES"));
+        let w = self
+            .boxes
+            .iter()
+            .map(|b| b.user.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        s.push_str(&format!(
+            "{:<w$} {:>10} {:>14}\n",
+            "USER", "MESSAGES", "BYTES"
+        ));
         for b in &self.boxes {
-            s.push_str(&format!("{:<w$} {:>10} {:>14}\n", b.user, b.messages, b.bytes));
+            s.push_str(&format!(
+                "{:<w$} {:>10} {:>14}\n",
+                b.user, b.messages, b.bytes
+            ));
         }
         s.push_str(&format!("\nlargest {TOP_N}:\n"));
         for b in self.largest() {
-            s.push_str(&format!("{:<w$} {:>10} {:>14}\n", b.user, b.messages, b.bytes));
+            s.push_str(&format!(
+                "{:<w$} {:>10} {:>14}\n",
+                b.user, b.messages, b.bytes
+            ));
         }
         s.push_str(&format!(
             "\ntotal: {} mailboxes, {} messages, {} bytes\n",
@@ -159,6 +174,8 @@ mod tests {
         let j = st.json();
         assert!(j.contains("\"user\":\"u00\\\"\\\\\""), "{j}");
         assert!(j.contains("\"total\":{\"mailboxes\":12,\"messages\":66,\"bytes\":6600"));
-        assert!(st.text().contains("total: 12 mailboxes, 66 messages, 6600 bytes"));
+        assert!(st
+            .text()
+            .contains("total: 12 mailboxes, 66 messages, 6600 bytes"));
     }
 }
