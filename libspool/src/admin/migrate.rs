@@ -120,8 +120,8 @@ pub enum Moved {
     EmptyRemoved,
     /// Gone before we could lock it (another run took it).
     Vanished,
-    /// Dry run: what would be done.
-    Would(String),
+    /// Dry run: what would be done, whether it is a merge, and how many bytes.
+    Would(String, bool, u64),
 }
 
 /// `pop-spool migrate`.
@@ -179,7 +179,15 @@ pub fn migrate(opts: &MigrateOptions, ui: &mut Ui<'_>) -> Result<MigrateReport, 
                         report.skipped += 1;
                         ui.warn(&format!("skipping {o}: vanished while we locked it"));
                     }
-                    Moved::Would(what) => ui.say(&format!("would {what}: {o} -> {n}")),
+                    Moved::Would(what, merge, b) => {
+                        if merge {
+                            report.merged += 1;
+                        } else {
+                            report.moved += 1;
+                        }
+                        report.bytes += b;
+                        ui.say(&format!("would {what}: {o} -> {n}"));
+                    }
                 }
             }
             Err(e) => {
@@ -411,27 +419,34 @@ fn dry_run(old: &Path, new: &Path, rec: &Path) -> Result<Moved, AdminError> {
     } else {
         ""
     };
-    let what = match fs::symlink_metadata(new) {
-        Ok(nm) if nm.dev() == om.dev() && nm.ino() == om.ino() => {
-            format!("{resume}remove the second name of the moved mailbox")
-        }
-        Ok(_) if om.len() == 0 => format!("{resume}remove the empty old file"),
-        Ok(_) => format!("{resume}merge {} bytes into the existing mailbox", om.len()),
+    let n = om.len();
+    Ok(match fs::symlink_metadata(new) {
+        Ok(nm) if nm.dev() == om.dev() && nm.ino() == om.ino() => Moved::Would(
+            format!("{resume}remove the second name of the moved mailbox"),
+            false,
+            0,
+        ),
+        Ok(_) if n == 0 => Moved::Would(format!("{resume}remove the empty old file"), true, 0),
+        Ok(_) => Moved::Would(
+            format!("{resume}merge {n} bytes into the existing mailbox"),
+            true,
+            n,
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir_dev = new
                 .ancestors()
                 .skip(1)
                 .find_map(|d| fs::metadata(d).ok())
                 .map(|m| m.dev());
-            if dir_dev == Some(om.dev()) {
-                format!("move {} bytes (rename)", om.len())
+            let how = if dir_dev == Some(om.dev()) {
+                "rename"
             } else {
-                format!("move {} bytes (copy)", om.len())
-            }
+                "copy"
+            };
+            Moved::Would(format!("move {n} bytes ({how})"), false, n)
         }
         Err(e) => return Err(io_at("stat", new)(e)),
-    };
-    Ok(Moved::Would(what))
+    })
 }
 
 /// The move proper, under the old mailbox's content lock.
@@ -762,6 +777,18 @@ fn append(
 ) -> Result<(), AdminError> {
     let mut new_before = new_file.metadata().map_err(io_at("stat", new))?.len();
     if new_before > 0 {
+        // Bytes before the old mailbox's first From line would become the tail of the new
+        // mailbox's last message: refuse rather than change a message.
+        let mut head = [0u8; 5];
+        if old_file.read_exact_at(&mut head, range.start).is_err() || &head != b"From " {
+            return Err(AdminError::Io(
+                format!("merge {}", old.display()),
+                io::Error::other(format!(
+                    "no From line at byte {} (see `pop-spool check`): not merged",
+                    range.start
+                )),
+            ));
+        }
         // The old mailbox's first From line must start a line of the new one.
         let mut last = [0u8; 1];
         new_file
@@ -940,6 +967,21 @@ mod tests {
     }
 
     #[test]
+    fn garbage_before_the_first_from_is_not_merged() {
+        let e = env(0);
+        let t = &e.opts.to.spool;
+        fs::write(t.join("u"), msg(0)).unwrap();
+        let bad = [&b"garbage\n"[..], &msg(1)].concat();
+        fs::write(e.opts.from.join("u"), &bad).unwrap();
+        let (r, _, err) = run(&e.opts);
+        assert_eq!(r.errors, 1);
+        assert!(err.contains("no From line at byte 0"), "{err}");
+        assert_eq!(fs::read(t.join("u")).unwrap(), msg(0));
+        assert_eq!(fs::read(e.opts.from.join("u")).unwrap(), bad);
+        assert!(!record_path(&t.join("u")).exists());
+    }
+
+    #[test]
     fn dry_run_changes_nothing() {
         let e = env(1);
         fs::write(e.opts.from.join("alice"), msg(1)).unwrap();
@@ -947,7 +989,7 @@ mod tests {
         o.dry_run = true;
         let (r, out, _) = run(&o);
         assert!(out.contains("would move"), "{out}");
-        assert_eq!(r.errors, 0);
+        assert_eq!((r.moved, r.errors, r.bytes), (1, 0, msg(1).len() as u64));
         assert!(e.opts.from.join("alice").exists());
         assert!(!e.opts.to.spool.join("a").exists());
     }
