@@ -225,16 +225,18 @@ fn curl_works(how: Launcher) {
         );
         assert_eq!(out.stdout, m.canonical(), "message {}", i + 1);
     }
-    // A crypt-stored user, and a wrong password.
+    // A crypt-stored user (whose own hashed-spool mailbox, c/crypted, does not exist: the
+    // empty fast path), and a wrong password.
     let out = Command::new(&curl)
         .args(["-sS", "--max-time", "20"])
         .arg(w.url("crypted", ""))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", w.log());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().lines().count(),
-        msgs.len()
+    assert!(
+        out.stdout.iter().all(|b| b.is_ascii_whitespace()),
+        "{:?}",
+        out.stdout
     );
     let out = Command::new(&curl)
         .args(["-sS", "--max-time", "20"])
@@ -393,7 +395,7 @@ fn fetchmail_keeps_then_fetches_only_new_then_deletes() {
     fs::write(
         &rc,
         format!(
-            "set no syslog\npoll 127.0.0.1 service {} protocol pop3 auth password uidl no sslcertck\n  user demo password \"{PASSWORD}\" is root here\n  mda \"/bin/sh -c 'cat >> {}; echo >> {}'\"\n",
+            "set no syslog\npoll 127.0.0.1 service {} protocol pop3 auth password uidl\n  user demo password \"{PASSWORD}\" is root here sslproto \"\"\n  mda \"/bin/sh -c 'cat >> {}; echo >> {}'\"\n",
             w.port,
             out.display(),
             out.display()
@@ -424,8 +426,7 @@ fn fetchmail_keeps_then_fetches_only_new_then_deletes() {
         code
     };
     let count = |p: &Path| {
-        fs::read_to_string(p)
-            .unwrap_or_default()
+        String::from_utf8_lossy(&fs::read(p).unwrap_or_default())
             .matches("Message-ID: <")
             .count()
     };
@@ -482,8 +483,7 @@ fn mpop_tracks_uidls() {
         );
     };
     let count = || {
-        fs::read_to_string(&out)
-            .unwrap()
+        String::from_utf8_lossy(&fs::read(&out).unwrap())
             .matches("Message-ID: <")
             .count()
     };
