@@ -64,7 +64,9 @@ mod tests {
     fn check_table() {
         let upper = RFC_DIGEST.to_ascii_uppercase();
         let hexpw = b"0123456789abcdef0123456789abcdef";
-        let cases: &[(&[u8], &[u8], &[u8], bool)] = &[
+        // (field sent, timestamp, stored secret, accepted)
+        type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], bool);
+        let cases: &[Case] = &[
             (RFC_DIGEST, TS, b"tanstaaf", true),
             (&upper, TS, b"tanstaaf", true),
             (RFC_DIGEST, TS, b"tanstaaX", false),
