@@ -351,25 +351,91 @@ fn take_dotlock(
 }
 
 fn create_dotlock(path: &Path) -> Result<Attempt, MailboxError> {
-    let f = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(DOTLOCK_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Attempt::Busy),
-        Err(e) if is_denied(&e) => return Ok(Attempt::Denied(e)),
-        Err(e) => return Err(MailboxError::Io("create the dotlock", e)),
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(MailboxError::BadPath(format!(
+            "{} has no directory",
+            path.display()
+        )));
     };
-    // An empty dotlock (disk full) still locks: the pid is for admins.
-    let _ = (&f).write_all(our_dotlock_content().as_bytes());
-    let m = f.metadata().map_err(io_err("stat the dotlock"))?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let dfd = match nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return Err(MailboxError::Io("open the mailbox's directory", e.into())),
+    };
+    // SAFETY: `dfd` was just returned by open and is owned by nothing else.
+    let dir_file = unsafe { File::from_raw_fd(dfd) };
+    match publish_at(dir_file.as_raw_fd(), name, our_dotlock_content().as_bytes()) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => return Ok(Attempt::Busy),
+        Err(e @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
+            return Ok(Attempt::Denied(e.into()))
+        }
+        Err(e) => return Err(MailboxError::Io("create the dotlock", e.into())),
+    }
+    let st = fstatat_nofollow(dir_file.as_raw_fd(), &name.to_os_string())
+        .map_err(|e| MailboxError::Io("stat the dotlock", e.into()))?;
     Ok(Attempt::Locked {
-        dev: m.dev(),
-        ino: m.ino(),
+        dev: st.st_dev,
+        ino: st.st_ino,
     })
+}
+
+/// Creates `name` in directory `dir` exclusively, with `content` already in it when the name
+/// appears: an unnamed `O_TMPFILE` is written, then linked into place (`linkat` fails with
+/// EEXIST if the name exists, like `O_EXCL`). So a process killed at any moment never leaves an
+/// empty dotlock, whose missing pid would make it look alive for `STALE_DOTLOCK_AGE`, nor a
+/// temporary file in the spool. File systems without `O_TMPFILE` (or without /proc) get
+/// `O_CREAT|O_EXCL` and then the write, with that small window.
+fn publish_at(dir: RawFd, name: &std::ffi::OsStr, content: &[u8]) -> Result<(), Errno> {
+    let mode = Mode::from_bits_truncate(DOTLOCK_MODE as nix::libc::mode_t);
+    match nix::fcntl::openat(
+        Some(dir),
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        mode,
+    ) {
+        Ok(fd) => {
+            // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+            let mut f = unsafe { File::from_raw_fd(fd) };
+            // An empty dotlock (disk full) still locks: the pid is a help, not the lock.
+            let _ = f.write_all(content);
+            // The umask must not make a dotlock unreadable to the MDAs that check its pid.
+            let _ = nix::sys::stat::fchmod(fd, mode);
+            let proc_path = format!("/proc/self/fd/{fd}");
+            match nix::unistd::linkat(
+                None,
+                std::path::Path::new(&proc_path),
+                Some(dir),
+                std::path::Path::new(name),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => return Ok(()),
+                // No /proc: fall back below.
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode,
+    )?;
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let _ = f.write_all(content);
+    Ok(())
 }
 
 /// A dotlock the stale rule says may be broken, and why.
@@ -619,16 +685,11 @@ fn fstatat_nofollow(dir: RawFd, name: &OsString) -> Result<FileStat, Errno> {
 /// Creates `name` in `dir` exclusively; the pid of our caller (the program that wanted the
 /// lock) goes inside for admins.
 fn create_at(dir: RawFd, name: &OsString) -> Result<(), Errno> {
-    let fd = nix::fcntl::openat(
-        Some(dir),
-        name.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(DOTLOCK_MODE as nix::libc::mode_t),
-    )?;
-    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let _ = f.write_all(format!("{}\n", nix::unistd::getppid()).as_bytes());
-    Ok(())
+    publish_at(
+        dir,
+        name,
+        format!("{}\n", nix::unistd::getppid()).as_bytes(),
+    )
 }
 
 /// The work of `pop-dotlock lock|unlock MAILBOX` for the user `real_uid`, with the stale rule
@@ -993,6 +1054,39 @@ mod tests {
                 assert_eq!(fs::read(&lp).unwrap(), b"1\n");
             }
         }
+    }
+
+    #[test]
+    fn dotlock_appears_with_its_pid_and_nothing_else_is_left() {
+        let (d, path, file) = mailbox();
+        let before: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        let l = ContentLock::acquire(&path, &file, &opts(SHORT)).unwrap();
+        let lp = dotlock_path(&path);
+        assert_eq!(
+            fs::read(&lp).unwrap(),
+            format!("{}\n", std::process::id()).into_bytes()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&lp).unwrap().permissions().mode() & 0o777,
+            DOTLOCK_MODE
+        );
+        let during: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            during.len(),
+            before.len() + 1,
+            "only the dotlock was added: {during:?}"
+        );
+        l.release().unwrap();
+        assert!(!lp.exists());
     }
 
     #[test]
