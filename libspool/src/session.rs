@@ -18,12 +18,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-/// The RFC 2449 EXPIRE policy a server advertises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expire {
-    Never,
-    Days(u32),
-}
+pub use crate::pop3::policy::Expire;
 
 /// Session limits and advertised policies.
 #[derive(Debug, Clone)]
@@ -488,28 +483,14 @@ fn writeln_crlf(out: &mut dyn Write, n: usize, v: impl fmt::Display) -> io::Resu
 
 /// The TRANSACTION state's capabilities (RFC 2449), with the `.` terminator.
 fn capa_listing(cfg: &SessionConfig) -> Vec<u8> {
+    let policy = crate::pop3::policy::Policy {
+        expire: cfg.expire,
+        login_delay: cfg.login_delay,
+    };
     let mut v = String::from("TOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n");
-    for c in policy_capabilities(cfg) {
-        v.push_str(&c);
-        v.push_str("\r\n");
-    }
+    v.push_str(&policy.capa_lines());
     v.push_str("IMPLEMENTATION popspool\r\n.\r\n");
     v.into_bytes()
-}
-
-/// The configured EXPIRE/LOGIN-DELAY to CAPA. Kept apart so `pop-popup` can advertise the
-/// same policy in the AUTHORIZATION state.
-pub fn policy_capabilities(cfg: &SessionConfig) -> Vec<String> {
-    let mut v = Vec::new();
-    match cfg.expire {
-        Some(Expire::Never) => v.push("EXPIRE NEVER".to_string()),
-        Some(Expire::Days(d)) => v.push(format!("EXPIRE {d}")),
-        None => {}
-    }
-    if let Some(d) = cfg.login_delay {
-        v.push(format!("LOGIN-DELAY {d}"));
-    }
-    v
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ struct Args {
     max_bad_commands: u32,
 
     /// Advertise RFC 2449 EXPIRE in CAPA: a number of days, or `never`.
-    #[arg(long, value_parser = parse_expire)]
+    #[arg(long)]
     expire: Option<Expire>,
 
     /// Advertise RFC 2449 LOGIN-DELAY in CAPA, in seconds.
@@ -70,15 +70,6 @@ struct Args {
         value_name = "CHECKPROG SUBPROG [ARGS]"
     )]
     program: Vec<OsString>,
-}
-
-fn parse_expire(s: &str) -> Result<Expire, String> {
-    if s.eq_ignore_ascii_case("never") {
-        return Ok(Expire::Never);
-    }
-    s.parse::<u32>()
-        .map(Expire::Days)
-        .map_err(|_| "expected a number of days or `never`".into())
 }
 
 /// A usage error: logged to syslog (stderr may be the client's socket under inetd), and

@@ -83,7 +83,7 @@ struct Args {
     max_messages: Option<usize>,
 
     /// Advertise RFC 2449 EXPIRE: a number of days, or `never`.
-    #[arg(long, value_parser = parse_expire)]
+    #[arg(long)]
     expire: Option<Expire>,
 
     /// Advertise RFC 2449 LOGIN-DELAY in seconds.
@@ -110,15 +110,6 @@ fn parse_quoting(s: &str) -> Result<Quoting, String> {
         "mboxo" => Ok(Quoting::Mboxo),
         _ => Err("expected mboxrd or mboxo".into()),
     }
-}
-
-fn parse_expire(s: &str) -> Result<Expire, String> {
-    if s.eq_ignore_ascii_case("never") {
-        return Ok(Expire::Never);
-    }
-    s.parse::<u32>()
-        .map(Expire::Days)
-        .map_err(|_| "expected a number of days or `never`".into())
 }
 
 fn main() -> ExitCode {

@@ -4,4 +4,5 @@
 
 pub mod command;
 pub mod line;
+pub mod policy;
 pub mod response;

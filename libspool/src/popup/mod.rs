@@ -64,12 +64,7 @@ pub const MAX_FAIL_DELAY: Duration = Duration::from_secs(30);
 /// Writes to the client that make no progress for this long end the session.
 pub const AUTH_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The RFC 2449 EXPIRE policy advertised in CAPA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expire {
-    Never,
-    Days(u32),
-}
+pub use crate::pop3::policy::Expire;
 
 /// Everything that shapes a session, validated.
 #[derive(Debug, Clone)]
@@ -297,14 +292,11 @@ pub fn capa_listing(cfg: &PopupConfig) -> String {
     let mut v = String::from(
         "USER\r\nSASL PLAIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nTOP\r\nUIDL\r\n",
     );
-    match cfg.expire {
-        Some(Expire::Never) => v.push_str("EXPIRE NEVER\r\n"),
-        Some(Expire::Days(d)) => v.push_str(&format!("EXPIRE {d}\r\n")),
-        None => {}
-    }
-    if let Some(d) = cfg.login_delay {
-        v.push_str(&format!("LOGIN-DELAY {d}\r\n"));
-    }
+    let policy = crate::pop3::policy::Policy {
+        expire: cfg.expire,
+        login_delay: cfg.login_delay,
+    };
+    v.push_str(&policy.capa_lines());
     v.push_str("IMPLEMENTATION popspool\r\n.\r\n");
     v
 }
