@@ -4,13 +4,14 @@
 //! PLAIN), fetchmail and mpop.
 
 use popspool_tests::gen::{self, Message};
+use popspool_tests::listen::{self, Launcher, Listener};
 use popspool_tests::{bin, is_root, skip, which};
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const PASSWORD: &str = "s3cret pass";
 
@@ -19,16 +20,7 @@ struct World {
     uid: u32,
     gid: u32,
     port: u16,
-    listener: Option<Child>,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.listener {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    listener: Option<Listener>,
 }
 
 impl World {
@@ -77,12 +69,6 @@ fn chown(p: &Path, uid: u32, gid: u32) {
         )
         .unwrap();
     }
-}
-
-#[derive(Clone, Copy)]
-enum Launcher {
-    Tcpserver,
-    SocketActivate,
 }
 
 /// Builds the scratch world (spool, home, passwd-file, a mailbox of `msgs`) and starts the
@@ -141,64 +127,10 @@ fn world(how: Launcher, msgs: &[Message], popup_extra: &[&str]) -> Option<World>
     chain.push(bin("pop-serve").display().to_string());
     chain.extend(["--log", "stderr", "--no-dotlock-helper", "--spool-dir"].map(String::from));
     chain.push(w.spool().display().to_string());
-    if !is_root() {
-        // Unprivileged, the whole chain runs as the invoking user.
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log = fs::File::create(w.dir.path().join("chain.log")).unwrap();
-    let mut cmd = match how {
-        Launcher::Tcpserver => {
-            let Some(t) = which("tcpserver") else {
-                skip(
-                    "chain under tcpserver",
-                    "tcpserver not installed (Debian package ucspi-tcp)",
-                );
-                return None;
-            };
-            let mut c = Command::new(t);
-            c.args(["-q", "-R", "-H", "127.0.0.1", &port.to_string()]);
-            c
-        }
-        Launcher::SocketActivate => {
-            let Some(t) = which("systemd-socket-activate") else {
-                skip(
-                    "chain under systemd-socket-activate",
-                    "not installed (package systemd)",
-                );
-                return None;
-            };
-            let mut c = Command::new(t);
-            c.args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")]);
-            c
-        }
-    };
-    cmd.args(&chain)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    w.listener = Some(cmd.spawn().unwrap());
-    w.port = port;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::Read;
-            let mut b = [0u8; 64];
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let n = s.read(&mut b).unwrap_or(0);
-            assert!(
-                b[..n].starts_with(b"+OK <"),
-                "greeting: {:?}",
-                String::from_utf8_lossy(&b[..n])
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "listener did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let l = listen::start(how, &chain, Stdio::from(log))?;
+    w.port = l.port;
+    w.listener = Some(l);
     Some(w)
 }
 

@@ -2,41 +2,14 @@
 //! on loopback under tcpserver (ucspi-tcp) and under systemd-socket-activate --inetd.
 
 use popspool_tests::gen::{self, Message};
+use popspool_tests::listen::{self, Launcher, Listener};
 use popspool_tests::{bin, serve_args, skip, which};
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Listener {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::process::{Command, Stdio};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-popup.sh")
-}
-
-#[derive(Clone, Copy)]
-enum Launcher {
-    Tcpserver,
-    SocketActivate,
 }
 
 fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
@@ -46,46 +19,7 @@ fn launch(how: Launcher, dir: &Path, mailbox: &str) -> Option<Listener> {
     ];
     chain.extend(serve_args(&dir.join("state")));
     chain.push(mailbox.to_string());
-    let port = free_port();
-    let mut cmd = match how {
-        Launcher::Tcpserver => {
-            let Some(t) = which("tcpserver") else {
-                skip(
-                    "tcpserver tests",
-                    "tcpserver not installed (Debian package ucspi-tcp)",
-                );
-                return None;
-            };
-            let mut c = Command::new(t);
-            c.args(["-q", "-R", "-H", "127.0.0.1", &port.to_string()]);
-            c
-        }
-        Launcher::SocketActivate => {
-            let Some(t) = which("systemd-socket-activate") else {
-                skip(
-                    "systemd-socket-activate tests",
-                    "systemd-socket-activate not installed (package systemd)",
-                );
-                return None;
-            };
-            let mut c = Command::new(t);
-            c.args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")]);
-            c
-        }
-    };
-    cmd.args(&chain)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().expect("start listener");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "listener did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // That probe connection ran one session that ended at once; give it a moment to finish.
-    std::thread::sleep(Duration::from_millis(200));
-    Some(Listener { child, port })
+    listen::start(how, &chain, Stdio::null())
 }
 
 fn setup(seed: u64, n: usize) -> (tempfile::TempDir, Vec<Message>, String) {

@@ -1,0 +1,85 @@
+//! Starting a chain of programs on a loopback port under a real launcher, as a site would:
+//! `tcpserver` (ucspi-tcp) or `systemd-socket-activate --inetd` (what a socket unit with
+//! `Accept=yes` does).
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Launcher {
+    Tcpserver,
+    SocketActivate,
+}
+
+/// A running launcher; killed on drop.
+pub struct Listener {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `argv` per connection on a free port of 127.0.0.1 and waits until a connection gets
+/// a greeting. None (with a SKIPPED line) when the launcher is not installed.
+pub fn start(how: Launcher, argv: &[String], stderr: Stdio) -> Option<Listener> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = match how {
+        Launcher::Tcpserver => {
+            let Some(t) = crate::which("tcpserver") else {
+                crate::skip(
+                    "tests under tcpserver",
+                    "tcpserver not installed (Debian package ucspi-tcp)",
+                );
+                return None;
+            };
+            let mut c = Command::new(t);
+            c.args(["-q", "-R", "-H", "127.0.0.1", &port.to_string()]);
+            c
+        }
+        Launcher::SocketActivate => {
+            let Some(t) = crate::which("systemd-socket-activate") else {
+                crate::skip(
+                    "tests under systemd-socket-activate",
+                    "not installed (Debian package systemd)",
+                );
+                return None;
+            };
+            let mut c = Command::new(t);
+            c.args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")]);
+            c
+        }
+    };
+    cmd.args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let child = cmd.spawn().expect("start the launcher");
+    let listener = Listener { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            let mut b = [0u8; 64];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let n = s.read(&mut b).unwrap_or(0);
+            assert!(
+                b[..n].starts_with(b"+OK"),
+                "greeting: {:?}",
+                String::from_utf8_lossy(&b[..n])
+            );
+            return Some(listener);
+        }
+        assert!(Instant::now() < deadline, "listener did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
