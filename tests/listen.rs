@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 pub enum Launcher {
     Tcpserver,
     SocketActivate,
+    /// xinetd with a private configuration (`type = UNLISTED` on our port), as root: the
+    /// service runs as `user = root` like the one in scripts/inetd/xinetd.pop3.
+    Xinetd,
 }
 
 /// A running launcher; killed on drop.
 pub struct Listener {
     child: Child,
     pub port: u16,
+    _config: Option<tempfile::TempDir>,
 }
 
 impl Drop for Listener {
@@ -33,6 +37,7 @@ pub fn start(how: Launcher, argv: &[String], stderr: Stdio) -> Option<Listener> 
         .local_addr()
         .unwrap()
         .port();
+    let mut config = None;
     let mut cmd = match how {
         Launcher::Tcpserver => {
             let Some(t) = crate::which("tcpserver") else {
@@ -58,13 +63,56 @@ pub fn start(how: Launcher, argv: &[String], stderr: Stdio) -> Option<Listener> 
             c.args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")]);
             c
         }
+        Launcher::Xinetd => {
+            let Some(t) = crate::which("xinetd").or_else(|| {
+                let p = std::path::PathBuf::from("/usr/sbin/xinetd");
+                p.is_file().then_some(p)
+            }) else {
+                crate::skip(
+                    "tests under xinetd",
+                    "xinetd not installed (Debian package xinetd)",
+                );
+                return None;
+            };
+            if !crate::is_root() {
+                crate::skip(
+                    "tests under xinetd",
+                    "needs root (the service runs as user root)",
+                );
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("xinetd.conf");
+            let service = format!(
+                "service popspool-test\n{{\n\ttype = UNLISTED\n\tport = {port}\n\tbind = 127.0.0.1\n\
+                 \tsocket_type = stream\n\tprotocol = tcp\n\twait = no\n\tuser = root\n\
+                 \tserver = {}\n\tserver_args = {}\n\tinstances = 16\n}}\n",
+                argv[0],
+                argv[1..].join(" ")
+            );
+            std::fs::write(&conf, service).unwrap();
+            let mut c = Command::new(t);
+            c.arg("-dontfork")
+                .arg("-f")
+                .arg(&conf)
+                .arg("-pidfile")
+                .arg(dir.path().join("pid"));
+            config = Some(dir);
+            c
+        }
     };
-    cmd.args(argv)
-        .stdin(Stdio::null())
+    if !matches!(how, Launcher::Xinetd) {
+        cmd.args(argv);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
     let child = cmd.spawn().expect("start the launcher");
-    let listener = Listener { child, port };
+    let listener = Listener {
+        child,
+        port,
+        _config: config,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {

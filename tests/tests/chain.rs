@@ -74,6 +74,12 @@ fn chown(p: &Path, uid: u32, gid: u32) {
 /// Builds the scratch world (spool, home, passwd-file, a mailbox of `msgs`) and starts the
 /// chain. As root the demo user maps to nobody; otherwise to the invoking user.
 fn world(how: Launcher, msgs: &[Message], popup_extra: &[&str]) -> Option<World> {
+    // Under (x)inetd fd 2 is the client's socket: every program must log to syslog there.
+    let log_to = if matches!(how, Launcher::Xinetd) {
+        "syslog"
+    } else {
+        "stderr"
+    };
     let (uid, gid) = if is_root() {
         (65534, 65534)
     } else {
@@ -107,7 +113,7 @@ fn world(how: Launcher, msgs: &[Message], popup_extra: &[&str]) -> Option<World>
     fs::set_permissions(w.mbox(), fs::Permissions::from_mode(0o600)).unwrap();
 
     let mut chain: Vec<String> = vec![bin("pop-popup").display().to_string()];
-    chain.extend(["--log", "stderr", "--fail-delay-ms", "10"].map(String::from));
+    chain.extend(["--log", log_to, "--fail-delay-ms", "10"].map(String::from));
     chain.extend(popup_extra.iter().map(|s| s.to_string()));
     chain.push("popspool.test".into());
     chain.push(bin("pop-checkpassword").display().to_string());
@@ -118,14 +124,14 @@ fn world(how: Launcher, msgs: &[Message], popup_extra: &[&str]) -> Option<World>
             "--min-uid",
             "1",
             "--log",
-            "stderr",
+            log_to,
             "--passwd-file",
         ]
         .map(String::from),
     );
     chain.push(w.dir.path().join("users").display().to_string());
     chain.push(bin("pop-serve").display().to_string());
-    chain.extend(["--log", "stderr", "--no-dotlock-helper", "--spool-dir"].map(String::from));
+    chain.extend(["--log", log_to, "--no-dotlock-helper", "--spool-dir"].map(String::from));
     chain.push(w.spool().display().to_string());
     let log = fs::File::create(w.dir.path().join("chain.log")).unwrap();
     let l = listen::start(how, &chain, Stdio::from(log))?;
@@ -191,6 +197,11 @@ fn curl_through_the_chain_under_tcpserver() {
 #[test]
 fn curl_through_the_chain_under_systemd_socket_activate() {
     curl_works(Launcher::SocketActivate);
+}
+
+#[test]
+fn curl_through_the_chain_under_xinetd() {
+    curl_works(Launcher::Xinetd);
 }
 
 const POPLIB: &str = r#"
