@@ -13,6 +13,7 @@ pub mod auth;
 pub mod canon;
 pub mod deliver;
 pub mod error;
+pub mod index;
 pub mod journal;
 pub mod limits;
 pub mod lock;

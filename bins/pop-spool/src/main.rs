@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use libspool::admin::{
-    self, check, create, expire, migrate, stats, AdminError, Layout, StateDirs, Ui,
+    self, check, create, expire, index, migrate, stats, AdminError, Layout, StateDirs, Ui,
 };
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -18,7 +18,7 @@ struct Args {
     /// Hash depth of the spool (0 = flat, 1 = spool/c/claird, 2 = spool/c/cl/claird).
     #[arg(long, global = true, default_value_t = admin::DEFAULT_DEPTH)]
     hash_depth: u8,
-    /// Where update journals live: one directory for all users. Default: each user's
+    /// Where update journals and indexes live: one directory for all users. Default: each user's
     /// $HOME/.popspool, as pop-serve.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
@@ -75,6 +75,12 @@ enum Cmd {
         all: bool,
         #[arg(long)]
         dry_run: bool,
+        users: Vec<OsString>,
+    },
+    /// Build or refresh the mbox index pop-serve keeps in the state directory.
+    Index {
+        #[arg(long)]
+        all: bool,
         users: Vec<OsString>,
     },
 }
@@ -214,6 +220,25 @@ fn run(args: Args, ui: &mut Ui<'_>) -> Result<i32, AdminError> {
                 r.bytes,
                 r.undated,
                 r.errors
+            ));
+            Ok(if r.errors > 0 {
+                admin::EXIT_TEMP
+            } else {
+                admin::EXIT_OK
+            })
+        }
+        Cmd::Index { all, users } => {
+            let opts = index::IndexOptions {
+                layout,
+                users,
+                all,
+                state,
+                lock_wait,
+            };
+            let r = index::index(&opts, ui)?;
+            ui.say(&format!(
+                "index: {} mailboxes, {} built, {} refreshed, {} unchanged, {} messages, {} errors",
+                r.mailboxes, r.built, r.refreshed, r.unchanged, r.messages, r.errors
             ));
             Ok(if r.errors > 0 {
                 admin::EXIT_TEMP

@@ -20,6 +20,7 @@ pub mod check;
 pub mod create;
 pub mod date;
 pub mod expire;
+pub mod index;
 pub mod json;
 pub mod migrate;
 pub mod stats;

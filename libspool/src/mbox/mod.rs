@@ -9,6 +9,7 @@ pub mod uidl;
 
 use crate::canon::CanonOptions;
 use crate::error::{io_err, MailboxError};
+use crate::index;
 use crate::journal;
 use crate::limits;
 use crate::lock::{ContentLock, LockOptions, SessionLock};
@@ -61,7 +62,11 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
     let replayed = journal::recover(&paths.journal, path, &file)?;
     let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
     let canon = canon_options(opts);
-    let mut scanned = scan::scan(&file, meta.len(), canon).map_err(scan_err)?;
+    // After a replayed journal the layout moved: the index is not even looked at.
+    let opened =
+        index::open_scan(&file, meta.len(), &paths.index, canon, !replayed).map_err(scan_err)?;
+    let mut scanned = opened.scan;
+    scanned.warnings.extend(opened.notes);
     scanned.warnings.extend(lock.warnings().iter().cloned());
     if replayed {
         scanned
@@ -69,6 +74,16 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
             .push("finished an interrupted update from its journal".into());
     }
     lock.release()?;
+    // Written after the content lock is released (delivery never waits for our fsync), from
+    // the full list before any max_messages cut, and only when it changed.
+    if opened.dirty {
+        if let Err(e) = index::write(&paths.index, &scanned, canon, &opened.stamp, None) {
+            scanned.warnings.push(format!(
+                "could not write the index {}: {e}",
+                paths.index.display()
+            ));
+        }
+    }
     if scanned.extent_end == 0 {
         return Ok(Box::new(EmptyMailbox));
     }
@@ -76,6 +91,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
     mbox.locking = Some(Locking {
         _session: session,
         journal: paths.journal,
+        index: paths.index,
         opts: lock_opts,
     });
     Ok(Box::new(mbox))
@@ -123,6 +139,7 @@ fn open_mbox(path: &Path) -> Result<File, MailboxError> {
 struct Locking {
     _session: SessionLock,
     journal: PathBuf,
+    index: PathBuf,
     opts: LockOptions,
 }
 
@@ -332,7 +349,26 @@ impl Mailbox for MboxMailbox {
                     self.scan.extent_end,
                     &ranges,
                 )?;
+                // Stamped under the lock (the bytes are ours until release), written after.
+                let stamp = index::end_after_commit(&self.scan, &ranges)
+                    .map(|end| index::Stamp::take(&self.file, end));
                 lock.release()?;
+                let written = match stamp {
+                    None => index::remove(&l.index),
+                    Some(Ok(stamp)) => {
+                        index::write_after_commit(&l.index, &self.scan, &ranges, self.canon, &stamp)
+                    }
+                    Some(Err(e)) => Err(e),
+                };
+                if let Err(e) = written {
+                    // The mail is committed; a stale index is only found stale next time.
+                    // Dropping it makes that certain and costs one full scan.
+                    let _ = index::remove(&l.index);
+                    self.scan.warnings.push(format!(
+                        "could not update the index {}: {e}",
+                        l.index.display()
+                    ));
+                }
             }
             None => {
                 self.verify_for_commit(&del)?;

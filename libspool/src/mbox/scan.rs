@@ -79,6 +79,53 @@ impl MessageInfo {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// The four stored words (`from_line_start`, `message_start`, end and separator length
+    /// packed, `size`): the index's on-disk record.
+    pub fn to_words(&self) -> [u64; 4] {
+        [self.from_start, self.message_start, self.end_sep, self.size]
+    }
+    /// The inverse of `to_words`, `None` unless the words describe a well-formed message:
+    /// `From ` line before the message, the separator blank line 0-2 bytes, and a canonical
+    /// size that the raw bytes can produce (at most every byte an LF doubled, plus a final
+    /// CRLF). An index is checked record by record with this before it is believed.
+    pub fn from_words(w: [u64; 4]) -> Option<MessageInfo> {
+        let [from_start, message_start, end_sep, size] = w;
+        let end = end_sep & END_MASK;
+        let sep = end_sep >> SEP_SHIFT;
+        let plausible = from_start < message_start
+            && message_start <= end
+            && sep <= 2
+            && size <= (end - message_start).saturating_mul(2).saturating_add(2);
+        plausible.then_some(MessageInfo {
+            from_start,
+            message_start,
+            end_sep,
+            size,
+        })
+    }
+    /// The same message `delta` bytes earlier in the file (after a compaction removed
+    /// `delta` bytes before it).
+    pub fn shifted_back(&self, delta: u64) -> MessageInfo {
+        let sep = self.end_sep >> SEP_SHIFT;
+        MessageInfo::new(
+            self.from_start - delta,
+            self.message_start - delta,
+            self.message_end() - delta,
+            sep as u8,
+            self.size,
+        )
+    }
+}
+
+/// A last message that lacks its final newline (reported, and given a CRLF when sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unterminated {
+    #[default]
+    No,
+    /// The last message's last line has no LF.
+    Message,
+    /// The last `From ` line itself has no LF: an empty message.
+    FromLine,
 }
 
 /// What a scan found.
@@ -95,6 +142,10 @@ pub struct ScanResult {
     pub preamble_len: u64,
     /// The end of the scanned extent.
     pub extent_end: u64,
+    /// Offset of the first NUL byte seen, if any.
+    pub nul_at: Option<u64>,
+    /// Whether the last message lacks its final newline.
+    pub unterminated: Unterminated,
 }
 
 impl ScanResult {
@@ -116,6 +167,100 @@ impl ScanResult {
         self.uidl_hex
             .get(i * UIDL_HEX_LEN..(i + 1) * UIDL_HEX_LEN)
             .unwrap_or("")
+    }
+    /// Message `i`'s digest, decoded from its hex (for the index).
+    pub fn digest(&self, i: usize) -> Option<uidl::MessageDigest> {
+        let hex = self.digest_hex(i).as_bytes();
+        if hex.len() != UIDL_HEX_LEN {
+            return None;
+        }
+        let nib = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut d = [0u8; uidl::DIGEST_LEN];
+        for (k, out) in d.iter_mut().enumerate() {
+            *out = (nib(hex[2 * k])? << 4) | nib(hex[2 * k + 1])?;
+        }
+        Some(d)
+    }
+    /// Appends one message as read back from the index. `finish` must follow the last push.
+    pub fn push_indexed(&mut self, info: MessageInfo, digest: &uidl::MessageDigest) {
+        uidl::push_hex(&mut self.uidl_hex, digest);
+        self.messages.push(info);
+    }
+    /// Reserves room for `n` more messages (the index knows its count up front).
+    pub fn reserve(&mut self, n: usize) {
+        self.messages.reserve_exact(n);
+        self.uidl_hex.reserve_exact(n * UIDL_HEX_LEN);
+    }
+    /// Forgets the last message (it is about to be scanned again with what follows it).
+    pub fn drop_last(&mut self) {
+        if self.messages.pop().is_some() {
+            self.uidl_hex.truncate(self.messages.len() * UIDL_HEX_LEN);
+        }
+    }
+    /// Appends the messages of `tail`, a scan that starts at the `From ` line right after
+    /// this result's last message (`scan_from`), and takes its extent end and findings.
+    /// `finish` must follow.
+    pub fn extend_with(&mut self, tail: ScanResult) {
+        self.messages.extend_from_slice(&tail.messages);
+        self.uidl_hex.push_str(&tail.uidl_hex);
+        self.extent_end = tail.extent_end;
+        self.nul_at = self.nul_at.or(tail.nul_at);
+        self.unterminated = tail.unterminated;
+    }
+    /// Derives what depends on the whole list: duplicate ordinals (a UIDL is a pure function
+    /// of the message bytes and of the equal digests before it, so a list pieced together
+    /// from the index and a scan gets exactly the UIDLs a full scan gives) and the warnings.
+    pub fn finish(&mut self) {
+        self.dups = uidl::dup_ordinals(&self.uidl_hex, self.messages.len())
+            .into_iter()
+            .filter_map(|(i, ord)| {
+                let hex = self
+                    .uidl_hex
+                    .get(i * UIDL_HEX_LEN..(i + 1) * UIDL_HEX_LEN)?;
+                Some((i, format!("{hex}-{}", u64::from(ord) + 1)))
+            })
+            .collect();
+        self.warnings = self.findings();
+        // The session keeps these for its whole life: give back the growth slack.
+        self.messages.shrink_to_fit();
+        self.uidl_hex.shrink_to_fit();
+    }
+    /// The log lines for what the scan found (offsets and counts, never message content).
+    fn findings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(at) = self.nul_at {
+            w.push(format!(
+                "mailbox contains NUL bytes (first at offset {at}); they are passed through"
+            ));
+        }
+        if let Some(last) = self.messages.last() {
+            let (n, start) = (self.messages.len(), last.from_line_start());
+            match self.unterminated {
+                Unterminated::No => {}
+                Unterminated::FromLine => w.push(format!(
+                    "last From line (offset {start}) has no final newline: an empty message"
+                )),
+                Unterminated::Message => w.push(format!(
+                    "last message ({n}, offset {start}) has no final newline: a CRLF is added when sending"
+                )),
+            }
+        }
+        if self.messages.is_empty() && self.extent_end > 0 {
+            w.push(format!(
+                "no From line in {} bytes: not an mbox message, left untouched",
+                self.extent_end
+            ));
+        } else if self.preamble_len > 0 && self.preamble_len < self.extent_end {
+            w.push(format!(
+                "{} bytes before the first From line are not a message: left untouched",
+                self.preamble_len
+            ));
+        }
+        w
     }
     /// Keeps only the first `n` messages (the oldest). Their UIDLs do not change: duplicate
     /// ordinals count earlier messages only.
@@ -158,12 +303,49 @@ enum State {
 /// Scans `file` from 0 to `extent_end`. Sizes follow `opts`; UIDLs do not depend on it.
 /// An `UnexpectedEof` error means the file became shorter than `extent_end` meanwhile.
 pub fn scan(file: &File, extent_end: u64, opts: CanonOptions) -> io::Result<ScanResult> {
-    scan_buf(file, extent_end, opts, SCAN_BUF)
+    let mut res = scan_range(file, 0, extent_end, opts, SCAN_BUF)?;
+    res.finish();
+    Ok(res)
+}
+
+/// Scans `start..extent_end`, where `start` is where a `From ` line begins (a message
+/// boundary a full scan found): the same messages a full scan finds from there on, with
+/// absolute offsets. Not `finish`ed: it is meant for `ScanResult::extend_with`.
+/// `InvalidData` when `start` is not a `From ` line after all.
+pub fn scan_from(
+    file: &File,
+    start: u64,
+    extent_end: u64,
+    opts: CanonOptions,
+) -> io::Result<ScanResult> {
+    let res = scan_range(file, start, extent_end, opts, SCAN_BUF)?;
+    if res.preamble_len != start || res.messages.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no From line where the index said a message starts",
+        ));
+    }
+    Ok(res)
 }
 
 /// `scan` with a chosen read size (tests use tiny ones to cross every boundary case).
+#[cfg(test)]
 fn scan_buf(
     file: &File,
+    extent_end: u64,
+    opts: CanonOptions,
+    read_size: usize,
+) -> io::Result<ScanResult> {
+    let mut res = scan_range(file, 0, extent_end, opts, read_size)?;
+    res.finish();
+    Ok(res)
+}
+
+/// Scans `start..extent_end` in reads of `read_size`. Since a separator is an LF followed by
+/// `From `, the scan starting at a `From ` line finds exactly what a scan from 0 finds there.
+fn scan_range(
+    file: &File,
+    start: u64,
     extent_end: u64,
     opts: CanonOptions,
     read_size: usize,
@@ -171,15 +353,16 @@ fn scan_buf(
     let finder = memmem::Finder::new(b"\nFrom ");
     let mut res = ScanResult {
         extent_end,
+        preamble_len: start,
         ..ScanResult::default()
     };
-    let cap = usize::try_from(extent_end)
+    let cap = usize::try_from(extent_end.saturating_sub(start))
         .unwrap_or(usize::MAX)
         .min(read_size.max(1))
         + CARRY;
     let mut buf = vec![0u8; cap];
     let mut len = 0usize; // valid bytes in buf
-    let mut base = 0u64; // file offset of buf[0]
+    let mut base = start; // file offset of buf[0]
     let mut fed = 0usize; // bytes of buf already consumed by the current state
     let mut search = 0usize; // first index where a "\nFrom " match may still start
     let mut first = true;
@@ -209,10 +392,7 @@ fn scan_buf(
         if !nul_seen {
             if let Some(i) = memchr(0, &buf[fill_from..len]) {
                 nul_seen = true;
-                res.warnings.push(format!(
-                    "mailbox contains NUL bytes (first at offset {}); they are passed through",
-                    base + (fill_from + i) as u64
-                ));
+                res.nul_at = Some(base + (fill_from + i) as u64);
             }
         }
 
@@ -313,18 +493,11 @@ fn scan_buf(
 
     match state {
         State::Preamble => {
-            if extent_end > 0 {
-                res.preamble_len = extent_end;
-                res.warnings.push(format!(
-                    "no From line in {extent_end} bytes: not an mbox message, left untouched"
-                ));
-            }
+            res.preamble_len = extent_end;
         }
         State::FromLine { start, mut hasher } => {
             hasher.end_line();
-            res.warnings.push(format!(
-                "last From line (offset {start}) has no final newline: an empty message"
-            ));
+            res.unterminated = Unterminated::FromLine;
             let mut canon = Canon::new(opts, None, Some(hasher));
             let mut size = Counter::default();
             push_message(
@@ -337,11 +510,8 @@ fn scan_buf(
             mut canon,
             mut size,
         } => {
-            let n = res.messages.len() + 1;
             if !canon.at_line_start() {
-                res.warnings.push(format!(
-                    "last message ({n}, offset {start}) has no final newline: a CRLF is added when sending"
-                ));
+                res.unterminated = Unterminated::Message;
             }
             push_message(
                 &mut res,
@@ -353,22 +523,6 @@ fn scan_buf(
             )?;
         }
     }
-    if res.preamble_len > 0 && res.preamble_len < extent_end {
-        res.warnings.push(format!(
-            "{} bytes before the first From line are not a message: left untouched",
-            res.preamble_len
-        ));
-    }
-    res.dups = uidl::dup_ordinals(&res.uidl_hex, res.messages.len())
-        .into_iter()
-        .filter_map(|(i, ord)| {
-            let hex = res.uidl_hex.get(i * UIDL_HEX_LEN..(i + 1) * UIDL_HEX_LEN)?;
-            Some((i, format!("{hex}-{}", u64::from(ord) + 1)))
-        })
-        .collect();
-    // The session keeps these for its whole life: give back the growth slack.
-    res.messages.shrink_to_fit();
-    res.uidl_hex.shrink_to_fit();
     Ok(res)
 }
 
