@@ -403,3 +403,34 @@ fn quit_reports_a_failed_update_and_changes_nothing() {
     );
     assert!(lock.exists(), "somebody else's dotlock is never removed");
 }
+
+/// `--max-messages N`: each session sees only the oldest N messages, so a client can drain a
+/// huge box in batches; the rest stay untouched until their turn.
+#[test]
+fn max_messages_drains_a_box_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = gen::varied(17, 10);
+    let mb = write_mbox(dir.path(), &msgs);
+    let mut args = serve_args(&dir.path().join("state"));
+    args.extend(["--max-messages".to_string(), "4".to_string(), mb]);
+    let mut seen = Vec::new();
+    for batch in [4usize, 4, 2, 0] {
+        let mut s = Served::spawn(&args, &[("USER", "tester")]);
+        assert_eq!(s.client.line(), "+OK ");
+        let stat = s.client.cmd("STAT");
+        assert!(stat.starts_with(&format!("+OK {batch} ")), "{stat}");
+        for i in 1..=batch {
+            assert!(s.client.cmd(&format!("RETR {i}")).starts_with("+OK"));
+            seen.push(s.client.body());
+            assert!(s.client.cmd(&format!("DELE {i}")).starts_with("+OK"));
+        }
+        assert!(s
+            .client
+            .cmd(&format!("RETR {}", batch + 1))
+            .starts_with("-ERR"));
+        assert!(s.client.cmd("QUIT").starts_with("+OK"));
+        s.finish();
+    }
+    let want: Vec<Vec<u8>> = msgs.iter().map(|m| m.canonical()).collect();
+    assert_eq!(seen, want, "every message once, oldest first");
+}
