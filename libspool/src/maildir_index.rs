@@ -196,7 +196,10 @@ fn open_cache(path: &Path) -> Result<File, LoadError> {
 
 /// One line without its LF; `None` at end of file. A line longer than `MAX_LINE_LEN` or
 /// without its LF is corrupt.
-fn next_line<'a, R: BufRead>(r: &mut R, buf: &'a mut Vec<u8>) -> Result<Option<&'a [u8]>, LoadError> {
+fn next_line<'a, R: BufRead>(
+    r: &mut R,
+    buf: &'a mut Vec<u8>,
+) -> Result<Option<&'a [u8]>, LoadError> {
     buf.clear();
     let n = r
         .by_ref()
@@ -305,10 +308,11 @@ fn read(path: &Path) -> Result<HashMap<Box<[u8]>, Sizes>, LoadError> {
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(2 * b.len()), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(2 * b.len()), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
