@@ -349,9 +349,9 @@ fn write(path: &Path, entries: &HashMap<Box<[u8]>, Sizes>) -> io::Result<()> {
             let s = &entries[*k];
             line.clear();
             line.extend_from_slice(k);
-            write!(
+            writeln!(
                 line,
-                " {} {}.{:09} {}\n",
+                " {} {}.{:09} {}",
                 s.lf_len, s.mtime.0, s.mtime.1, s.crlf_size
             )?;
             emit(&line, &mut out)?;
