@@ -28,6 +28,12 @@
 //!   file not ending in LF is measured instead. Without `,W=` the size is computed with
 //!   [`canon::measure`] by reading the file. `,S=NNN` is the size as stored (LF endings), never
 //!   the POP3 size; it is only a sanity check of `,W=`.
+//! * **Size cache.** Every size that took reading the file is kept in the state directory
+//!   ([`crate::maildir_index`], at `state_paths(..).index`) and believed at the next session
+//!   when `,S=` or an `lstat` shows the stored file unchanged, so a warm session on a Courier,
+//!   qmail or procmail Maildir (no `,W=`) opens no message file. It is loaded and rewritten
+//!   (only if it changed) under the session lock, right after the scan; a damaged cache is a
+//!   warning and a rebuild, never a failed session.
 //! * **Vanishing messages.** Another client may delete a message or move it from `new/` to
 //!   `cur/` (or change its flags) at any time. A message not found where it was listed is looked
 //!   for once in `cur/` by its unique part; still gone, RETR answers a clean `-ERR`
@@ -49,6 +55,7 @@ use crate::lock::SessionLock;
 use crate::mailbox::{
     state_paths, CommitSummary, EmptyMailbox, Mailbox, OpenOptions, RetrieveError, RetrieveSink,
 };
+use crate::maildir_index::{self, SizeCache};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -244,8 +251,26 @@ fn find_in_cur(root: &Path, wanted: &[&[u8]]) -> Result<NamesByUnique, MailboxEr
     Ok(found)
 }
 
+/// How a message's size was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measured {
+    /// From a plausible `,W=`: cheap every time, never cached.
+    Named(u64),
+    /// By reading the whole file: worth caching.
+    Read(maildir_index::Sizes),
+}
+
+impl Measured {
+    fn size(self) -> u64 {
+        match self {
+            Measured::Named(s) => s,
+            Measured::Read(s) => s.crlf_size,
+        }
+    }
+}
+
 /// The exact canonical size of a message, or `None` if it vanished.
-fn measure_entry(root: &Path, e: &Entry) -> Result<Option<u64>, MailboxError> {
+fn measure_entry(root: &Path, e: &Entry) -> Result<Option<Measured>, MailboxError> {
     let mut file = match open_message(&e.path(root)) {
         Ok(f) => f,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -265,13 +290,28 @@ fn measure_entry(root: &Path, e: &Entry) -> Result<Option<u64>, MailboxError> {
                 .read_at(&mut last, len - 1)
                 .map_err(io_err("read a message"))?;
             if n == 1 && last[0] == b'\n' {
-                return Ok(Some(w));
+                return Ok(Some(Measured::Named(w)));
             }
         }
     }
-    canon::measure(&mut file, len, CanonOptions::PLAIN)
-        .map(Some)
-        .map_err(io_err("read a message"))
+    let size =
+        canon::measure(&mut file, len, CanonOptions::PLAIN).map_err(io_err("read a message"))?;
+    Ok(Some(Measured::Read(maildir_index::sizes_of(&meta, size))))
+}
+
+/// The size of `e` from the cache if it still holds, else measured (and cached when that
+/// took a read); `None` if the message vanished.
+fn size_entry(root: &Path, e: &Entry, cache: &mut SizeCache) -> Result<Option<u64>, MailboxError> {
+    let unique = e.unique();
+    let path = e.path(root);
+    if let Some(size) = maildir_index::cached_size(cache, unique, name_field(unique, b'S'), &path) {
+        return Ok(Some(size));
+    }
+    let m = measure_entry(root, e)?;
+    if let Some(Measured::Read(sizes)) = m {
+        cache.insert(unique, sizes);
+    }
+    Ok(m.map(Measured::size))
 }
 
 /// Lets `canon::copy` write into a sink without trait upcasting (MSRV 1.80).
@@ -291,10 +331,14 @@ impl Write for SinkWriter<'_> {
 
 /// Fills in every entry's size; one that vanished since the listing is looked for once in
 /// `cur/` (another client may have moved it) and dropped if it is gone.
-fn size_entries(path: &Path, entries: &mut Vec<Entry>) -> Result<(), MailboxError> {
+fn size_entries(
+    path: &Path,
+    entries: &mut Vec<Entry>,
+    cache: &mut SizeCache,
+) -> Result<(), MailboxError> {
     let mut vanished = Vec::new();
     for (i, e) in entries.iter_mut().enumerate() {
-        match measure_entry(path, e)? {
+        match size_entry(path, e, cache)? {
             Some(size) => e.size = size,
             None => vanished.push(i),
         }
@@ -309,7 +353,7 @@ fn size_entries(path: &Path, entries: &mut Vec<Entry>) -> Result<(), MailboxErro
             if let Some(name) = found.get(e.unique()) {
                 e.name = name.clone();
                 e.in_cur = true;
-                if let Some(size) = measure_entry(path, e)? {
+                if let Some(size) = size_entry(path, e, cache)? {
                     e.size = size;
                     gone[i] = false;
                 }
@@ -327,6 +371,7 @@ struct Maildir {
     root: PathBuf,
     entries: Vec<Entry>,
     mark_seen: bool,
+    warnings: Vec<String>,
     _lock: SessionLock,
 }
 
@@ -341,10 +386,8 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
     if !has_message(&path.join("new"))? && !has_message(&path.join("cur"))? {
         return Ok(Box::new(EmptyMailbox));
     }
-    let lock = SessionLock::acquire(
-        &state_paths(&opts.state_dir, path).session_lock,
-        opts.session_lock_wait,
-    )?;
+    let paths = state_paths(&opts.state_dir, path);
+    let lock = SessionLock::acquire(&paths.session_lock, opts.session_lock_wait)?;
 
     let mut entries = Vec::new();
     for in_cur in [false, true] {
@@ -368,9 +411,28 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
     });
     // Equal unique parts are adjacent with the cur/ copy first: keep that one.
     entries.dedup_by(|later, kept| later.unique() == kept.unique());
+
+    let mut warnings = Vec::new();
+    let (mut cache, problem) = SizeCache::load(&paths.index);
+    warnings.extend(problem);
+    if !cache.is_empty() {
+        // Pruned against the whole listing, not the max_messages view: messages not shown
+        // this time keep their sizes for the session that shows them.
+        let present: HashSet<&[u8]> = entries.iter().map(Entry::unique).collect();
+        cache.retain_present(&present);
+    }
     entries.truncate(opts.max_messages.unwrap_or(usize::MAX).min(MAX_MESSAGES));
 
-    size_entries(path, &mut entries)?;
+    size_entries(path, &mut entries, &mut cache)?;
+    // After the scan, still under the session lock; a failure only costs the next session
+    // a read of each message.
+    if let Err(e) = cache.write_if_dirty(&paths.index) {
+        warnings.push(format!(
+            "could not write the Maildir size cache {}: {e}",
+            paths.index.display()
+        ));
+    }
+    drop(cache);
     for e in &mut entries {
         e.fallback_uidl = fallback_uidl(e.unique());
     }
@@ -379,6 +441,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
         root: path.to_path_buf(),
         entries,
         mark_seen: opts.maildir_mark_seen,
+        warnings,
         _lock: lock,
     }))
 }
@@ -542,6 +605,10 @@ impl Mailbox for Maildir {
             }
         }
         Ok(summary)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 }
 
@@ -863,7 +930,9 @@ mod tests {
             entry("2.M1.h", false),
             entry("3.M1.h", false),
         ];
-        size_entries(&f.md, &mut entries).expect("size");
+        let mut cache = SizeCache::default();
+        size_entries(&f.md, &mut entries, &mut cache).expect("size");
+        assert_eq!(cache.len(), 2, "both measured by reading");
         let got: Vec<(&[u8], bool, u64)> = entries
             .iter()
             .map(|e| (&*e.name, e.in_cur, e.size))
@@ -990,6 +1059,157 @@ mod tests {
         assert_eq!(uidls(&*mb), ["1.M1.h", "3.M1.h"]);
         mb.commit(&[true, true], &[true, true]).expect("commit");
         assert_eq!(f.ls("new"), set(&["5.M1.h", "7.M1.h", "9.M1.h"]));
+    }
+
+    fn sizes(mb: &dyn Mailbox) -> Vec<u64> {
+        (0..mb.count()).map(|i| mb.size(i)).collect()
+    }
+
+    /// Replaces a message's content, keeping its name and mtime: only a reader notices.
+    fn forge(path: &Path, content: &[u8]) {
+        let mtime = fs::metadata(path).and_then(|m| m.modified()).expect("stat");
+        fs::write(path, content).expect("write");
+        File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("utime");
+    }
+
+    #[test]
+    fn a_warm_session_reads_no_message_file() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\nb\n");
+        f.put("new/2.M1.h,S=4", b"c\nd\n");
+        f.put("cur/3.M1.h:2,S", b"e\nf");
+        f.put("new/4.M1.h,S=4,W=6", b"g\nh\n");
+        let cold = f.open();
+        assert_eq!(sizes(&*cold), [6, 6, 6, 6]);
+        assert!(cold.warnings().is_empty(), "{:?}", cold.warnings());
+        drop(cold);
+        let index = state_paths(&f.state, &f.md).index;
+        let text = fs::read_to_string(&index).expect("cache written");
+        assert_eq!(text.lines().count(), 5, "header, 3 read, end: {text}");
+        assert!(!text.contains("4.M1.h"), "a plausible ,W= is never cached");
+        // Same lengths and mtimes, content that measures less: a reader would see it.
+        forge(&f.md.join("new/1.M1.h"), b"abc\n");
+        forge(&f.md.join("new/2.M1.h,S=4"), b"abc\n");
+        forge(&f.md.join("cur/3.M1.h:2,S"), b"ab\n");
+        let before = fs::metadata(&index)
+            .and_then(|m| m.modified())
+            .expect("stat");
+        let warm = f.open();
+        assert_eq!(sizes(&*warm), [6, 6, 6, 6], "sizes from the cache");
+        drop(warm);
+        let after = fs::metadata(&index)
+            .and_then(|m| m.modified())
+            .expect("stat");
+        assert_eq!(before, after, "an unchanged cache is not rewritten");
+    }
+
+    #[test]
+    fn a_changed_file_is_measured_again() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\nb\n");
+        f.put("new/2.M1.h", b"a\nb\n");
+        f.put("new/3.M1.h,S=4", b"a\nb\n");
+        assert_eq!(sizes(&*f.open()), [6, 6, 6]);
+        // 1: another length. 2: same length, another mtime.
+        f.put("new/1.M1.h", b"a\nb\nc\n");
+        f.put("new/2.M1.h", b"abc\n");
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(f.md.join("new/2.M1.h"))
+            .and_then(|fh| fh.set_modified(old))
+            .expect("utime");
+        // 3: ,S= is trusted without a stat (Maildir files are immutable): an edit in place
+        // keeping its name is not seen, by design.
+        f.put("new/3.M1.h,S=4", b"a\nb\nc\nd\n");
+        assert_eq!(sizes(&*f.open()), [9, 5, 6]);
+        // And the cache now holds the new sizes.
+        assert_eq!(sizes(&*f.open()), [9, 5, 6]);
+    }
+
+    #[test]
+    fn cached_sizes_equal_measured_sizes() {
+        let f = Fixture::new();
+        let bodies: [&[u8]; 6] = [
+            b"",
+            b"x",
+            b"a\r\nb\n",
+            b"\n\n\n",
+            b"a\rb\r\n\r\n.\n",
+            b"no nl",
+        ];
+        for i in 0..60 {
+            let body = bodies[i % bodies.len()].repeat(i % 7 + 1);
+            let name = if i % 2 == 0 {
+                format!("new/{}.M{i}P1.h,S={}", 1_700_000_000 + i, body.len())
+            } else {
+                format!("cur/{}.M{i}P1.h:2,S", 1_700_000_000 + i)
+            };
+            f.put(&name, &body);
+        }
+        let measured = sizes(&*f.open());
+        let warm = sizes(&*f.open());
+        assert_eq!(measured, warm);
+        fs::remove_file(state_paths(&f.state, &f.md).index).expect("rm");
+        assert_eq!(sizes(&*f.open()), measured);
+    }
+
+    #[test]
+    fn a_damaged_cache_is_a_warning_and_rebuilt() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\nb\n");
+        let index = state_paths(&f.state, &f.md).index;
+        fs::create_dir_all(&f.state).expect("mkdir");
+        fs::write(
+            &index,
+            "popspool-maildir-sizes 1\n1.M1.h 4 0.000000000 99\nend 1 00\n",
+        )
+        .expect("write");
+        let mb = f.open();
+        assert_eq!(sizes(&*mb), [6]);
+        assert!(mb.warnings()[0].contains("rebuilt"), "{:?}", mb.warnings());
+        drop(mb);
+        let mb = f.open();
+        assert!(mb.warnings().is_empty(), "{:?}", mb.warnings());
+        assert_eq!(sizes(&*mb), [6]);
+        drop(mb);
+        // The cache's name taken by a directory: sizes still right, a warning, no failure.
+        fs::remove_file(&index).expect("rm");
+        fs::create_dir(&index).expect("mkdir");
+        let mb = f.open();
+        assert_eq!(sizes(&*mb), [6]);
+        assert_eq!(mb.warnings().len(), 2, "{:?}", mb.warnings());
+    }
+
+    #[test]
+    fn cache_entries_follow_the_listing() {
+        let f = Fixture::new();
+        for t in 1..=4 {
+            f.put(&format!("new/{t}.M1.h"), b"x\n");
+        }
+        let index = state_paths(&f.state, &f.md).index;
+        let mut mb = f.open();
+        mb.commit(&[true, false, false, false], &[false; 4])
+            .expect("commit");
+        drop(mb);
+        // max_messages shows two, but the sizes of the others are kept; 1 is gone.
+        let mut opts = f.opts();
+        opts.max_messages = Some(2);
+        assert_eq!(
+            uidls(&*open(&f.md, &opts).expect("open")),
+            ["2.M1.h", "3.M1.h"]
+        );
+        let text = fs::read_to_string(&index).expect("read");
+        assert!(!text.contains("1.M1.h"), "{text}");
+        assert!(text.contains("4.M1.h"), "{text}");
+        // Flags and the move to cur/ keep the entry: same unique part.
+        fs::rename(f.md.join("new/2.M1.h"), f.md.join("cur/2.M1.h:2,S")).expect("mv");
+        forge(&f.md.join("cur/2.M1.h:2,S"), b"y\n");
+        assert_eq!(sizes(&*f.open()), [3, 3, 3]);
     }
 
     proptest::proptest! {
