@@ -550,13 +550,19 @@ fn push_message(
     Ok(())
 }
 
+/// Read size of [`digest_at`].
+const DIGEST_READ: usize = 8 * 1024;
+
 /// The digest of the message whose `From ` line starts at `info.from_line_start()`, read back
 /// with `pread`: From line and header block only. Used to make sure a message is still the
 /// one the scan saw before it is sent or deleted.
 pub fn digest_at(file: &File, info: &MessageInfo) -> io::Result<uidl::MessageDigest> {
     let mut hasher = UidlHasher::new();
     let mut from = PreadReader::new(file, info.from_line_start(), info.message_start());
-    let mut chunk = vec![0u8; crate::canon::COPY_BUF];
+    // Header blocks are mostly a few KiB: reading the message in small pieces until the
+    // header ends keeps this check from reading (and, with a large buffer, zeroing) the
+    // whole message again before every RETR.
+    let mut chunk = [0u8; DIGEST_READ];
     loop {
         let n = io::Read::read(&mut from, &mut chunk)?;
         if n == 0 {
