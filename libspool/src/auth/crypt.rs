@@ -115,6 +115,34 @@ pub fn verify(password: &[u8], stored: &[u8]) -> Result<bool, CryptError> {
     Ok(ok)
 }
 
+/// What an attempt that cannot succeed (unknown user, locked account, unusable hash) must cost
+/// so that it takes as long as a wrong password for an existing account of the same database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dummy {
+    /// One verification against this setting (a hash string from the database, or
+    /// [`DUMMY_SETTING`] for system accounts).
+    Hash(Vec<u8>),
+    /// Nothing: the database holds only plaintext secrets, whose check is a comparison.
+    Nothing,
+}
+
+impl Dummy {
+    /// Spends the cost, on `password`. The result is meaningless and discarded.
+    pub fn spend(&self, password: &[u8]) {
+        if let Dummy::Hash(setting) = self {
+            let pw = if password.len() > MAX_PASSPHRASE || password.contains(&0) {
+                &b"x"[..]
+            } else {
+                password
+            };
+            if verify(pw, setting).is_err() {
+                // A reference hash libcrypt cannot use must not make the attempt cheap.
+                let _ = verify(pw, DUMMY_SETTING.as_bytes());
+            }
+        }
+    }
+}
+
 /// Burns the time of one verification against [`DUMMY_SETTING`]; the result is meaningless.
 pub fn dummy_verify(password: &[u8]) {
     // An empty or NUL-bearing password still costs a full hash: never short-cut here.

@@ -256,6 +256,10 @@ pub fn authenticate(
 ) -> Result<Verified, AuthError> {
     let user = creds.user();
     let password = creds.password();
+    // What a hopeless attempt costs: yescrypt at Debian's default for system accounts (what
+    // `passwd` writes); for a passwd-file, its own first hash, or nothing if it is all
+    // plaintext. Set by the lookup below.
+    let mut dummy = crypt::Dummy::Hash(crypt::DUMMY_SETTING.as_bytes().to_vec());
     let found = if user.is_empty() {
         None
     } else {
@@ -284,19 +288,26 @@ pub fn authenticate(
                 default_uid,
                 default_gid,
                 default_home,
-            } => passwdfile::lookup(
-                user,
-                path,
-                &passwdfile::Defaults {
-                    uid: *default_uid,
-                    gid: *default_gid,
-                    home: default_home.as_deref(),
-                },
-            )?,
+            } => {
+                let (account, reference) = passwdfile::lookup_with_reference(
+                    user,
+                    path,
+                    &passwdfile::Defaults {
+                        uid: *default_uid,
+                        gid: *default_gid,
+                        home: default_home.as_deref(),
+                    },
+                )?;
+                dummy = match reference {
+                    Some(h) => crypt::Dummy::Hash(h),
+                    None => crypt::Dummy::Nothing,
+                };
+                account
+            }
         }
     };
     let Some(account) = found else {
-        crypt::dummy_verify(password);
+        dummy.spend(password);
         let why = if user.is_empty() {
             Denied::EmptyUser
         } else {
@@ -309,7 +320,7 @@ pub fn authenticate(
         Secret::Crypt(hash) => {
             let format = crypt::Format::of(hash);
             if !format.acceptable(cfg.allow_des) {
-                crypt::dummy_verify(password);
+                dummy.spend(password);
                 return Err(AuthError::BadCredentials(Denied::UnsupportedHash(format!(
                     "{format:?}"
                 ))));
@@ -318,7 +329,7 @@ pub fn authenticate(
             match crypt::verify(password, hash) {
                 Ok(m) => m,
                 Err(_) => {
-                    crypt::dummy_verify(password);
+                    dummy.spend(password);
                     return Err(AuthError::BadCredentials(Denied::UnsupportedHash(
                         "unusable crypt hash".into(),
                     )));
@@ -326,19 +337,20 @@ pub fn authenticate(
             }
         }
         Secret::Plain(secret) => {
-            crypt::dummy_verify(password);
+            // A plaintext secret costs a comparison; an unknown user of a plaintext-only
+            // file costs the same (Dummy::Nothing), so the cheap path leaks nothing there.
             !secret.is_empty() && apop::check_plain(password, creds.timestamp(), secret)
         }
         Secret::Locked => {
-            crypt::dummy_verify(password);
+            dummy.spend(password);
             return Err(AuthError::BadCredentials(Denied::Locked));
         }
         Secret::Empty => {
-            crypt::dummy_verify(password);
+            dummy.spend(password);
             return Err(AuthError::BadCredentials(Denied::NoPassword));
         }
         Secret::Unsupported(s) => {
-            crypt::dummy_verify(password);
+            dummy.spend(password);
             return Err(AuthError::BadCredentials(Denied::UnsupportedHash(
                 s.clone(),
             )));

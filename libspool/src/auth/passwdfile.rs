@@ -177,18 +177,70 @@ pub fn lookup(
     path: &Path,
     defaults: &Defaults<'_>,
 ) -> Result<Option<Account>, AuthError> {
+    lookup_with_reference(user, path, defaults).map(|(a, _)| a)
+}
+
+/// [`lookup`], plus the file's *reference hash*: the first crypt hash in it, whose cost an
+/// unknown user's dummy verification must match (None: every entry is plaintext, so a known
+/// user costs a comparison and an unknown one must cost no more).
+pub fn lookup_with_reference(
+    user: &[u8],
+    path: &Path,
+    defaults: &Defaults<'_>,
+) -> Result<(Option<Account>, Option<Vec<u8>>), AuthError> {
     let mut found: Option<Result<Account, AuthError>> = None;
+    let mut reference: Option<Vec<u8>> = None;
     for_each_line(path, |l| {
-        if found.is_none() && !l.starts_with(b"#") && name_is(l, user) {
+        if l.starts_with(b"#") {
+            return false;
+        }
+        if found.is_none() && name_is(l, user) {
             found = Some(parse_line(l, defaults));
+        }
+        if reference.is_none() {
+            if let Some(field) = l.split(|&b| b == b':').nth(1) {
+                if let Secret::Crypt(h) = parse_secret(field) {
+                    reference = Some(h);
+                }
+            }
         }
         false
     })?;
-    found.transpose()
+    Ok((found.transpose()?, reference))
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reference_hash_is_the_first_crypt_entry_or_none() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("users");
+        let defaults = Defaults {
+            uid: None,
+            gid: None,
+            home: None,
+        };
+        std::fs::write(
+            &p,
+            "# comment\na:{PLAIN}x:1:1::/h::\nb:{CLEARTEXT}y:1:1::/h::\n",
+        )
+        .unwrap();
+        let (acct, reference) = lookup_with_reference(b"nobody-here", &p, &defaults).unwrap();
+        assert!(acct.is_none());
+        assert_eq!(
+            reference, None,
+            "a plaintext-only file has no reference hash"
+        );
+        std::fs::write(
+            &p,
+            "a:{PLAIN}x:1:1::/h::\nb:{SHA512-CRYPT}$6$s$h:1:1::/h::\nc:$5$t$u:1:1::/h::\n",
+        )
+        .unwrap();
+        let (acct, reference) = lookup_with_reference(b"a", &p, &defaults).unwrap();
+        assert!(acct.is_some());
+        assert_eq!(reference.as_deref(), Some(&b"$6$s$h"[..]));
+    }
     use super::*;
     use proptest::prelude::*;
 
