@@ -968,7 +968,12 @@ pub fn run(opts: ConnOpts) -> Result<(), String> {
     };
     fs::create_dir_all(&opts.work).map_err(|e| format!("{}: {e}", opts.work.display()))?;
     let work = fs::canonicalize(&opts.work).map_err(|e| e.to_string())?;
-    let floor = opts.floor_dir.clone().unwrap_or_else(|| work.join("floor"));
+    // Absolute: the floor's check chdirs to the user's home before it execs serve.
+    let floor = match &opts.floor_dir {
+        Some(d) => fs::canonicalize(d).unwrap_or_else(|_| d.clone()),
+        None => work.join("floor"),
+    };
+    let bins = fs::canonicalize(&bins).unwrap_or(bins);
     let root = work.join("conn");
     fs::create_dir_all(&root).map_err(|e| e.to_string())?;
     let o = owner();
