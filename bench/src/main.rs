@@ -7,6 +7,7 @@
 //! only counts once the session's payload has been validated.
 
 mod client;
+mod connections;
 mod gen;
 mod report;
 mod scenario;
@@ -27,7 +28,7 @@ const GROWTH_SIZES: &[usize] = &[1_000, 10_000, 100_000, 1_000_000];
 /// Where Debian's dovecot-pop3d installs the POP3 process.
 const DOVECOT_POP3: &str = "/usr/lib/dovecot/pop3";
 /// The unprivileged user both servers run as when the bench runs as root.
-const UNPRIVILEGED_USER: &str = "nobody";
+pub(crate) const UNPRIVILEGED_USER: &str = "nobody";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,8 +45,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Connection rate through the whole login chain (tcpserver) vs Dovecot's daemon.
-    Connections,
+    /// Connection rate through the whole login chain (tcpserver) vs Dovecot's daemon and a
+    /// trivial three-program floor.
+    Connections(connections::ConnOpts),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -97,12 +99,14 @@ fn main() -> ExitCode {
         spawn::main(&args[2..]);
     }
     let cli = Cli::parse();
-    if let Some(Cmd::Connections) = cli.cmd {
-        // TODO(lead): the login chain (pop-popup + pop-checkpassword + pop-serve under
-        // tcpserver) against Dovecot's full daemon, connections per second. The chain is not
-        // merged yet, so there is nothing honest to measure.
-        println!("popspool-bench connections: not yet available (the login chain is not merged)");
-        return ExitCode::SUCCESS;
+    if let Some(Cmd::Connections(opts)) = cli.cmd {
+        return match connections::run(opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("popspool-bench connections: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     match run(cli.opts) {
         Ok(()) => ExitCode::SUCCESS,
