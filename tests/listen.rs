@@ -48,7 +48,15 @@ pub fn start(how: Launcher, argv: &[String], stderr: Stdio) -> Option<Listener> 
                 return None;
             };
             let mut c = Command::new(t);
-            c.args(["-q", "-R", "-H", "-l", "localhost", "127.0.0.1", &port.to_string()]);
+            c.args([
+                "-q",
+                "-R",
+                "-H",
+                "-l",
+                "localhost",
+                "127.0.0.1",
+                &port.to_string(),
+            ]);
             c
         }
         Launcher::SocketActivate => {

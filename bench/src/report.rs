@@ -457,8 +457,8 @@ pub fn render(cfg: &Config, opts: &Opts, res: &Results, dovecot_note: Option<&st
          validate every message against them). DELE rows include QUIT's rewrite/unlinks.\n\n",
     );
     out.push_str(
-        "Note: pop-serve has no persistent index yet, so its *later* and *new mail* figures are full \
-         rescans, the same work as *first*.\n\n",
+        "pop-serve's *later* and *new mail* sessions use its index in the state directory \
+         (validated at every open); its *first* sessions have none.\n\n",
     );
     out.push_str("## Results\n\n");
     for m in &res.mailboxes {
