@@ -376,6 +376,27 @@ mod tests {
         }
     }
 
+    /// Cut regions longer than two stale-digest samples (the digest then covers only their
+    /// ends), through every crash point, with and without foreign mail appended afterwards,
+    /// including "delete everything" (an empty tail: the whole file is the stale region).
+    #[test]
+    fn large_stale_region_every_crash_point() {
+        let big = vec![b'y'; 3 * journal::STALE_SAMPLE as usize + 777];
+        let msgs = vec![msg(0, b"a"), msg(1, &big), msg(2, &big), msg(3, b"d")];
+        let late_big = msg(9, &vec![b'z'; 2 * journal::STALE_SAMPLE as usize + 5]);
+        for del in [
+            &[false, true, true, true][..],
+            &[true, true, true, true][..],
+            &[true, false, true, false][..],
+        ] {
+            for &crash in CRASHES {
+                for late in [&b""[..], &msg(8, b"small late mail")[..], &late_big[..]] {
+                    scenario(&msgs, del, b"", crash, late, Crash::None).unwrap();
+                }
+            }
+        }
+    }
+
     fn journal_files(b: &Box_, tag: &str) -> Vec<PathBuf> {
         fs::read_dir(b.journal.parent().unwrap())
             .unwrap()
