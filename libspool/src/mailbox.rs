@@ -216,6 +216,35 @@ pub fn open(spec: &MailboxSpec, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, 
     }
 }
 
+/// A [`RetrieveSink`] that collects into memory, for the formats' unit tests; it fails the test
+/// if a byte arrives before `begin`.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct VecSink {
+    pub(crate) began: bool,
+    pub(crate) out: Vec<u8>,
+}
+
+#[cfg(test)]
+impl Write for VecSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        assert!(self.began, "bytes before begin()");
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl RetrieveSink for VecSink {
+    fn begin(&mut self) -> io::Result<()> {
+        self.began = true;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -618,37 +618,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::os::unix::fs::symlink;
 
-    struct VecSink {
-        began: bool,
-        out: Vec<u8>,
-    }
-
-    impl VecSink {
-        fn new() -> VecSink {
-            VecSink {
-                began: false,
-                out: Vec::new(),
-            }
-        }
-    }
-
-    impl Write for VecSink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            assert!(self.began, "bytes before begin()");
-            self.out.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl RetrieveSink for VecSink {
-        fn begin(&mut self) -> io::Result<()> {
-            self.began = true;
-            Ok(())
-        }
-    }
+    use crate::mailbox::VecSink;
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -848,14 +818,14 @@ mod tests {
         let f = Fixture::new();
         f.put("new/1.M1.h", b"Subject: x\n\nl1\nl2\n");
         let mut mb = f.open();
-        let mut sink = VecSink::new();
+        let mut sink = VecSink::default();
         mb.retrieve(0, None, &mut sink).expect("retr");
         assert_eq!(sink.out, b"Subject: x\r\n\r\nl1\r\nl2\r\n");
         assert_eq!(sink.out.len() as u64, mb.size(0));
-        let mut sink = VecSink::new();
+        let mut sink = VecSink::default();
         mb.retrieve(0, Some(1), &mut sink).expect("top");
         assert_eq!(sink.out, b"Subject: x\r\n\r\nl1\r\n");
-        let mut sink = VecSink::new();
+        let mut sink = VecSink::default();
         assert!(matches!(
             mb.retrieve(1, None, &mut sink),
             Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
@@ -869,7 +839,7 @@ mod tests {
         f.put("new/2.M1.h", b"b\n");
         let mut mb = f.open();
         fs::remove_file(f.md.join("new/1.M1.h")).expect("rm");
-        let mut sink = VecSink::new();
+        let mut sink = VecSink::default();
         assert!(matches!(
             mb.retrieve(0, None, &mut sink),
             Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
@@ -892,7 +862,7 @@ mod tests {
         fs::rename(f.md.join("new/1.M1.h"), f.md.join("cur/1.M1.h:2,S")).expect("mv");
         fs::rename(f.md.join("new/2.M1.h"), f.md.join("cur/2.M1.h:2,F")).expect("mv");
         fs::rename(f.md.join("cur/3.M1.h:2,"), f.md.join("cur/3.M1.h:2,R")).expect("mv");
-        let mut sink = VecSink::new();
+        let mut sink = VecSink::default();
         mb.retrieve(0, None, &mut sink)
             .expect("retr follows the move");
         assert_eq!(sink.out, b"a\r\n");

@@ -391,32 +391,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    struct VecSink {
-        out: Vec<u8>,
-        begun: bool,
-    }
-    impl Write for VecSink {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            assert!(self.begun, "bytes before begin()");
-            self.out.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    impl RetrieveSink for VecSink {
-        fn begin(&mut self) -> io::Result<()> {
-            self.begun = true;
-            Ok(())
-        }
-    }
+    use crate::mailbox::VecSink;
 
     fn sink() -> VecSink {
-        VecSink {
-            out: Vec::new(),
-            begun: false,
-        }
+        VecSink::default()
     }
 
     fn mbox_with(data: &[u8]) -> (tempfile::TempDir, PathBuf, OpenOptions) {
@@ -516,7 +494,7 @@ mod tests {
             m.retrieve(1, None, &mut s),
             Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
         ));
-        assert!(!s.begun);
+        assert!(!s.began);
         // Shifted: the From line is gone from its offset.
         std::fs::write(&path, [&b"x"[..], DATA].concat()).unwrap();
         assert!(matches!(
