@@ -101,6 +101,24 @@ impl Logger {
     }
 }
 
+/// Reports a usage error of a program in the login chain. Under inetd fd 2 is the client's
+/// socket, so the message goes to stderr only when stderr is a terminal or `--log stderr` was
+/// asked for; otherwise its first line goes to syslog (facility mail). The caller chooses the
+/// exit code (100 for pop-popup and pop-serve, the checkpassword interface's 2 for
+/// pop-checkpassword).
+pub fn report_usage_error(program: &'static str, msg: &str) {
+    use std::io::IsTerminal;
+    let args: Vec<String> = std::env::args().collect();
+    let asked = args.windows(2).any(|w| w[0] == "--log" && w[1] == "stderr")
+        || args.iter().any(|a| a == "--log=stderr");
+    if asked || std::io::stderr().is_terminal() {
+        let _ = writeln!(std::io::stderr(), "{}", msg.trim_end());
+    } else {
+        let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg);
+        Logger::new(program, LogTarget::Syslog).log(Level::Err, &format!("usage: {first}"));
+    }
+}
+
 /// The client's address for logs: `TCPREMOTEIP` (tcpserver, s6), `REMOTE_ADDR` (systemd
 /// `Accept=yes`), else `getpeername` on fd 0 (inetd), else "-".
 pub fn client_address() -> String {

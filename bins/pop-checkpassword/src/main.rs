@@ -142,8 +142,22 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    // clap exits 2 on a usage error, which is the interface's "misuse".
-    let args = Args::parse();
+    // A usage error is the interface's "misuse" (exit 2); its message must not reach stderr,
+    // which is the client's socket under inetd, unless asked for.
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            libspool::log::report_usage_error("pop-checkpassword", &e.render().to_string());
+            return ExitCode::from(2);
+        }
+    };
     let log = Logger::new("pop-checkpassword", args.log);
     let err = match args.config() {
         Ok(cfg) => auth::run(&cfg, &args.prog, &log),

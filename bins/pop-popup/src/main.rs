@@ -11,7 +11,6 @@ use libspool::log::{client_address, Level, LogTarget, Logger};
 use libspool::popup::{self, privs, ExactLineInput, ExecChecker, Expire, PopupConfig, Timestamp};
 use libspool::timeio::FdOutput;
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -72,21 +71,9 @@ struct Args {
     program: Vec<OsString>,
 }
 
-/// A usage error: logged to syslog (stderr may be the client's socket under inetd), and
-/// printed only where stderr is a terminal or `--log stderr` was asked for.
+/// A usage error: see `libspool::log::report_usage_error` (stderr may be the client's socket).
 fn usage_error(msg: &str) -> ExitCode {
-    let to_stderr = std::io::stderr().is_terminal()
-        || std::env::args()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .any(|w| w[0] == "--log" && w[1] == "stderr")
-        || std::env::args().any(|a| a == "--log=stderr");
-    if to_stderr {
-        eprintln!("{msg}");
-    } else {
-        let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg);
-        Logger::new(PROGRAM, LogTarget::Syslog).log(Level::Err, &format!("usage: {first}"));
-    }
+    libspool::log::report_usage_error(PROGRAM, msg);
     ExitCode::from(100)
 }
 

@@ -123,7 +123,8 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let _ = e.print();
+            // Under inetd stderr is the client's socket: never print there unless asked.
+            libspool::log::report_usage_error("pop-serve", &e.render().to_string());
             return ExitCode::from(100);
         }
     };
