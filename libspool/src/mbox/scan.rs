@@ -557,45 +557,95 @@ const DIGEST_READ: usize = 8 * 1024;
 /// with `pread`: From line and header block only. Used to make sure a message is still the
 /// one the scan saw before it is sent or deleted.
 pub fn digest_at(file: &File, info: &MessageInfo) -> io::Result<uidl::MessageDigest> {
+    digest_with(file, info, &[])
+}
+
+/// [`digest_at`] when the caller already holds `head`: the file's bytes from
+/// `info.from_line_start()` on, as many as it read (any number, none included). Only what
+/// `head` lacks of the From line and header block is read from the file.
+pub fn digest_with(
+    file: &File,
+    info: &MessageInfo,
+    head: &[u8],
+) -> io::Result<uidl::MessageDigest> {
     let mut hasher = UidlHasher::new();
-    let mut from = PreadReader::new(file, info.from_line_start(), info.message_start());
+    let base = info.from_line_start();
+    let mut from = HeadThenFile {
+        head,
+        base,
+        inner: PreadReader::new(file, base, info.message_start()),
+    };
     // Header blocks are mostly a few KiB: reading the message in small pieces until the
     // header ends keeps this check from reading (and, with a large buffer, zeroing) the
     // whole message again before every RETR.
     let mut chunk = [0u8; DIGEST_READ];
     loop {
-        let n = io::Read::read(&mut from, &mut chunk)?;
-        if n == 0 {
-            if from.pos < from.end {
+        let got = from.next(&mut chunk)?;
+        if got.is_empty() {
+            if from.inner.pos < from.inner.end {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             break;
         }
-        let mut got = &chunk[..n];
         // The From line's own LF (the first LF, so its last byte when present) is not content.
-        if from.pos == from.end {
-            got = got.strip_suffix(b"\n").unwrap_or(got);
-        }
+        let got = if from.inner.pos == from.inner.end {
+            got.strip_suffix(b"\n").unwrap_or(got)
+        } else {
+            got
+        };
         hasher.line_bytes(got);
     }
     hasher.end_line();
     let mut canon = Canon::new(CanonOptions::PLAIN, Some(0), Some(hasher));
-    let mut src = PreadReader::new(file, info.message_start(), info.message_end());
+    let mut src = HeadThenFile {
+        head,
+        base,
+        inner: PreadReader::new(file, info.message_start(), info.message_end()),
+    };
     let mut null = Counter::default();
     loop {
-        let n = io::Read::read(&mut src, &mut chunk)?;
-        if n == 0 {
-            if src.pos < src.end {
+        let got = src.next(&mut chunk)?;
+        if got.is_empty() {
+            if src.inner.pos < src.inner.end {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             canon.finish(&mut null)?;
             break;
         }
-        if canon.feed(&chunk[..n], &mut null)? || !canon.in_header() {
+        if canon.feed(got, &mut null)? || !canon.in_header() {
             break;
         }
     }
     Ok(canon.hasher.take().unwrap_or_default().finish())
+}
+
+/// Serves a range of a file from `head` (the file's bytes from `base` on) where it can, and
+/// with `pread` past it.
+struct HeadThenFile<'h, 'f> {
+    head: &'h [u8],
+    base: u64,
+    inner: PreadReader<'f>,
+}
+
+impl<'h> HeadThenFile<'h, '_> {
+    /// The next bytes of the range (empty at its end or at a short file).
+    fn next<'a>(&mut self, chunk: &'a mut [u8]) -> io::Result<&'a [u8]>
+    where
+        'h: 'a,
+    {
+        let r = &mut self.inner;
+        if let Some(rel) = r.pos.checked_sub(self.base) {
+            let rel = usize::try_from(rel).unwrap_or(usize::MAX);
+            if rel < self.head.len() {
+                let want = usize::try_from(r.end - r.pos).unwrap_or(usize::MAX);
+                let got = &self.head[rel..self.head.len().min(rel.saturating_add(want))];
+                r.pos += got.len() as u64;
+                return Ok(got);
+            }
+        }
+        let n = io::Read::read(r, chunk)?;
+        Ok(&chunk[..n])
+    }
 }
 
 /// Reads `pos..end` of a file with `pread`: no shared cursor to get confused by.
