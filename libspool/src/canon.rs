@@ -106,8 +106,84 @@ pub fn copy(
     Ok(sink.written)
 }
 
+/// Streams raw message bytes into their wire form (canonical, then byte-stuffed: exactly
+/// what goes between the `+OK` line and the terminating `.` line), appended to the caller's
+/// buffer chunk by chunk. The caller decides when staged bytes may leave, which is what lets
+/// RETR check a message's header block (with the UIDL hasher on) in the same pass that
+/// produces its output, and send nothing until the check has passed.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    canon: Canon,
+    line_start: bool,
+    written: u64,
+}
+
+impl Wire {
+    pub(crate) fn new(
+        opts: CanonOptions,
+        body_lines: Option<u64>,
+        hasher: Option<UidlHasher>,
+    ) -> Wire {
+        Wire {
+            canon: Canon::new(opts, body_lines, hasher),
+            line_start: true,
+            written: 0,
+        }
+    }
+
+    /// Appends the wire form of `data` to `buf`. Returns true once TOP has all it needs.
+    pub(crate) fn feed(&mut self, data: &[u8], buf: &mut Vec<u8>) -> io::Result<bool> {
+        let mut sink = WireSink {
+            buf,
+            line_start: self.line_start,
+            written: self.written,
+        };
+        let r = self.canon.feed(data, &mut sink);
+        self.line_start = sink.line_start;
+        self.written = sink.written;
+        r
+    }
+
+    /// The input ended: an unterminated last line gets its CRLF.
+    pub(crate) fn finish(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        let mut sink = WireSink {
+            buf,
+            line_start: self.line_start,
+            written: self.written,
+        };
+        let r = self.canon.finish(&mut sink);
+        self.line_start = sink.line_start;
+        self.written = sink.written;
+        r
+    }
+
+    /// Still inside the header block: the UIDL digest is not complete yet.
+    pub(crate) fn in_header(&self) -> bool {
+        self.canon.in_header()
+    }
+
+    pub(crate) fn hasher_mut(&mut self) -> Option<&mut UidlHasher> {
+        self.canon.hasher.as_mut()
+    }
+
+    pub(crate) fn take_hasher(&mut self) -> Option<UidlHasher> {
+        self.canon.hasher.take()
+    }
+
+    /// Canonical octets produced so far (stuffing dots not counted): LIST's size for RETR.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Nothing is pending and every line output so far is complete: the wire form ends
+    /// with CRLF or is empty, so the terminator is `.` CRLF alone.
+    pub(crate) fn at_line_start(&self) -> bool {
+        self.line_start
+    }
+}
+
 /// Which per-thread buffer a [`Pooled`] borrows.
-const IN_BUF: usize = 0;
+pub(crate) const IN_BUF: usize = 0;
 const OUT_BUF: usize = 1;
 
 thread_local! {
@@ -118,14 +194,14 @@ thread_local! {
 }
 
 /// A per-thread buffer, given back on drop (also on error paths).
-struct Pooled {
-    v: Vec<u8>,
+pub(crate) struct Pooled {
+    pub(crate) v: Vec<u8>,
     which: usize,
 }
 
 impl Pooled {
     /// Borrows buffer `which`, at least `min_len` bytes long.
-    fn take(which: usize, min_len: usize) -> Pooled {
+    pub(crate) fn take(which: usize, min_len: usize) -> Pooled {
         let mut v = POOL.with(|p| std::mem::take(&mut p.borrow_mut()[which]));
         if v.len() < min_len {
             v.resize(min_len, 0);
@@ -172,9 +248,63 @@ fn pump<S: Sink>(src: &mut dyn Read, len: u64, canon: &mut Canon, sink: &mut S) 
 pub(crate) trait Sink {
     /// Only the number of octets matters: enables the bulk counting path for bodies.
     const COUNT_ONLY: bool;
+    /// The sink is a [`WireSink`]: enables the bulk copy path for bodies.
+    const WIRE: bool = false;
     fn emit(&mut self, b: &[u8]) -> io::Result<()>;
     /// Adds `n` octets without their content; only called when `COUNT_ONLY`.
     fn add_count(&mut self, n: u64);
+    /// A [`WireSink`]'s buffer, line-start flag and octet count; only called when `WIRE`.
+    fn wire_parts(&mut self) -> WireParts<'_> {
+        unreachable!("wire_parts is only used by wire sinks")
+    }
+}
+
+/// Appends the byte-stuffed canonical form (the octets on the wire between the status line
+/// and the terminating `.` line) to a buffer. Stuffing here, where every line start is
+/// known, instead of in a second pass over the output saves a scan and a copy of every
+/// byte sent: canonical output has an LF only at the end of a line, so a line starts
+/// exactly after an emitted LF.
+#[derive(Debug)]
+pub(crate) struct WireSink<'a> {
+    pub(crate) buf: &'a mut Vec<u8>,
+    /// The next emitted byte starts a line.
+    pub(crate) line_start: bool,
+    /// Canonical octets emitted (stuffing dots not counted).
+    pub(crate) written: u64,
+}
+
+/// The fields of a [`WireSink`] the bulk body copy updates.
+pub(crate) struct WireParts<'a> {
+    buf: &'a mut Vec<u8>,
+    line_start: &'a mut bool,
+    written: &'a mut u64,
+}
+
+impl Sink for WireSink<'_> {
+    const COUNT_ONLY: bool = false;
+    const WIRE: bool = true;
+    fn emit(&mut self, b: &[u8]) -> io::Result<()> {
+        let Some(&last) = b.last() else {
+            return Ok(());
+        };
+        if self.line_start && b[0] == b'.' {
+            self.buf.push(b'.');
+        }
+        self.buf.extend_from_slice(b);
+        self.written += b.len() as u64;
+        self.line_start = last == b'\n';
+        Ok(())
+    }
+    fn add_count(&mut self, _n: u64) {
+        unreachable!("add_count is only used by counting sinks")
+    }
+    fn wire_parts(&mut self) -> WireParts<'_> {
+        WireParts {
+            buf: self.buf,
+            line_start: &mut self.line_start,
+            written: &mut self.written,
+        }
+    }
 }
 
 /// Counts canonical octets.
@@ -483,6 +613,13 @@ impl Canon {
                             continue;
                         }
                     }
+                    if S::WIRE && !self.in_header && emit && !hash {
+                        let n = self.bulk_wire(data, out.wire_parts());
+                        data = &data[n..];
+                        if n > 0 || self.line != (Line::Pass { emit, hash }) {
+                            continue;
+                        }
+                    }
                     match memchr(b'\n', data) {
                         Some(i) => {
                             self.pass_seg(&data[..i], out)?;
@@ -610,6 +747,89 @@ impl Canon {
         self.line_len = 0;
         self.prev_cr = false;
         Ok(())
+    }
+
+    /// Copies a body stretch into a wire sink in bulk: one `memchr` and two appends per
+    /// line, no per-line state transitions. Returns the bytes consumed; stops (with
+    /// `self.line` back at `Start`) at a line start the full machine must see: a `>` line
+    /// with mboxrd whose `>+From ` question `data` cannot answer, or the end of TOP's lines.
+    fn bulk_wire(&mut self, data: &[u8], w: WireParts<'_>) -> usize {
+        let buf = w.buf;
+        // Worst case: every byte an LF that gains a CR, and a dot stuffed.
+        buf.reserve(2 * data.len() + 2);
+        let before = buf.len();
+        let mut stuffed = 0u64;
+        let mut pos = 0;
+        // The first segment continues the line the machine is in.
+        let (mut line_len, mut prev_cr) = (self.line_len, self.prev_cr);
+        let mut line_start = *w.line_start;
+        loop {
+            let rest = &data[pos..];
+            if line_start && pos > 0 {
+                // A new line: the checks the machine's `Line::Start` would make.
+                let Some(&b) = rest.first() else { break };
+                if self.body_lines_left == Some(0) {
+                    break;
+                }
+                if b == b'>' && self.unquote {
+                    let k = rest.iter().position(|&c| c != b'>').unwrap_or(rest.len());
+                    if rest.len() >= k + FROM_.len() {
+                        if rest[k..].starts_with(FROM_) {
+                            // `>+From `: the line loses its first `>`; it starts with `>`
+                            // or `F` after that, so there is nothing to stuff.
+                            pos += 1;
+                            line_len = 1;
+                            line_start = false;
+                            continue;
+                        }
+                    } else if memchr(b'\n', &rest[k..]).is_none() {
+                        break;
+                    }
+                }
+            }
+            let rest = &data[pos..];
+            let Some(&first) = rest.first() else { break };
+            if line_start && first == b'.' {
+                buf.push(b'.');
+                stuffed += 1;
+            }
+            match memchr(b'\n', rest) {
+                Some(k) => {
+                    let cr = if k > 0 { rest[k - 1] == b'\r' } else { prev_cr };
+                    buf.extend_from_slice(&rest[..k]);
+                    buf.extend_from_slice(if cr { b"\n" } else { b"\r\n" });
+                    line_len += k as u64;
+                    self.last_empty = match (line_len, cr) {
+                        (0, _) => 1,
+                        (1, true) => 2,
+                        _ => 0,
+                    };
+                    if let Some(n) = self.body_lines_left.as_mut() {
+                        *n = n.saturating_sub(1);
+                    }
+                    line_len = 0;
+                    prev_cr = false;
+                    line_start = true;
+                    pos += k + 1;
+                }
+                None => {
+                    buf.extend_from_slice(rest);
+                    line_len += rest.len() as u64;
+                    prev_cr = rest[rest.len() - 1] == b'\r';
+                    line_start = false;
+                    pos = data.len();
+                    break;
+                }
+            }
+        }
+        if line_start {
+            self.line = Line::Start;
+        }
+        self.line_len = line_len;
+        self.prev_cr = prev_cr;
+        *w.line_start = line_start;
+        *w.written += (buf.len() - before) as u64 - stuffed;
+        pos
     }
 
     /// Counts a body stretch in bulk; returns the bytes consumed (0: let the line machine
