@@ -526,11 +526,20 @@ impl Canon {
                     }
                     _ => {
                         self.hidden_field = false;
-                        if self.hide || self.hasher.is_some() {
+                        if !(self.hide || self.hasher.is_some())
+                            || !SPOOL_HEADERS.iter().any(|n| n[0] == b.to_ascii_lowercase())
+                        {
+                            self.pass_header(false);
+                        } else if let Some(i) = memchr(b'\n', data) {
+                            // The whole line is here: decide at once. `field_decision` is
+                            // monotone (a decided prefix stays decided the same way), and a
+                            // line still undecided at its end is shown, as in `FieldName`.
+                            let hidden = field_decision(&data[..i]) == Field::Hidden;
+                            self.hidden_field = hidden;
+                            self.pass_header(hidden);
+                        } else {
                             self.line = Line::FieldName;
                             self.pend_len = 0;
-                        } else {
-                            self.pass_header(false);
                         }
                     }
                 },
@@ -1119,7 +1128,94 @@ mod tests {
             })
     }
 
+    /// The wire form the old two-stage path produced: canonical bytes through the stuffer.
+    fn stuffed(canonical: &[u8]) -> Vec<u8> {
+        let mut s = crate::pop3::response::DotStuffer::new(Vec::new());
+        s.write_all(canonical).unwrap();
+        let mut v = s.finish().unwrap();
+        v.truncate(v.len() - 3);
+        v
+    }
+
+    /// Feeds `raw` to a `Wire` in pieces cut at `cuts`; returns the output, the canonical
+    /// octet count and the header digest.
+    fn wire(
+        raw: &[u8],
+        opts: CanonOptions,
+        top: Option<u64>,
+        cuts: &[usize],
+    ) -> (Vec<u8>, u64, crate::mbox::uidl::MessageDigest) {
+        let mut w = Wire::new(opts, top, Some(UidlHasher::new()));
+        let mut out = b"+OK\r\n".to_vec();
+        let mut prev = 0;
+        let mut done = false;
+        for &c in cuts.iter().chain(std::iter::once(&raw.len())) {
+            let c = c.clamp(prev, raw.len());
+            if w.feed(&raw[prev..c], &mut out).unwrap() {
+                done = true;
+                break;
+            }
+            prev = c;
+        }
+        if !done {
+            w.finish(&mut out).unwrap();
+        }
+        assert!(w.at_line_start());
+        let d = w.take_hasher().unwrap().finish();
+        (out[5..].to_vec(), w.written(), d)
+    }
+
+    #[test]
+    fn wire_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b".", b"..\r\n"),
+            (
+                b"A: b\n\n.\n..\n.x\r\n",
+                b"A: b\r\n\r\n..\r\n...\r\n..x\r\n",
+            ),
+            (
+                b".A: b\n\n>From a\n>>From b\n",
+                b"..A: b\r\n\r\nFrom a\r\n>From b\r\n",
+            ),
+            (b"A: b\n\n>.x\n>Fro\n>", b"A: b\r\n\r\n>.x\r\n>Fro\r\n>\r\n"),
+        ];
+        for (raw, want) in cases {
+            for cut in 0..raw.len() {
+                let (got, n, _) = wire(raw, RD, None, &[cut]);
+                assert_eq!(
+                    got,
+                    *want,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(raw)
+                );
+                assert_eq!(n, size(raw, RD));
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn wire_is_the_stuffed_canonical_form(
+            raw in line_strategy(),
+            opts in opts_strategy(),
+            cuts in proptest::collection::vec(0usize..300, 0..10),
+            top in proptest::option::of(0u64..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (out, n, digest) = wire(&raw, opts, top, &cuts);
+            let canonical = reference_canon(&raw, opts, top);
+            prop_assert_eq!(&out, &stuffed(&canonical));
+            prop_assert_eq!(n, canonical.len() as u64);
+            // Byte at a time too.
+            let ones: Vec<usize> = (1..raw.len()).collect();
+            prop_assert_eq!(&wire(&raw, opts, top, &ones).0, &out);
+            // The header digest is the one the scan's machine computes, whatever the options.
+            let (_, _, plain) = wire(&raw, CanonOptions::PLAIN, None, &[]);
+            prop_assert_eq!(digest, plain);
+        }
+
         #[test]
         fn copy_writes_measure_octets(
             raw in line_strategy(),

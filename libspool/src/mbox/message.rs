@@ -342,3 +342,358 @@ fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize> {
     }
     Ok(got)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mbox::scan::{scan, ScanResult};
+    use crate::mbox::Quoting;
+    use crate::pop3::response::DotStuffer;
+    use proptest::prelude::*;
+
+    const RD: CanonOptions = CanonOptions {
+        quoting: Some(Quoting::Mboxrd),
+        hide_spool_headers: true,
+    };
+    const STATUS: &[u8] = b"+OK status\r\n";
+    /// What the test sink lets pile up before it "sends".
+    const TEST_SPILL: usize = 64 * 1024;
+
+    /// A sink like the session's: a shared output buffer with earlier responses in it, a
+    /// `WireOut` fast path, and a classic `begin`/`Write` path for the fallback.
+    #[derive(Default)]
+    struct TestSink {
+        /// Bytes "sent" (spilled).
+        sent: Vec<u8>,
+        buf: Vec<u8>,
+        marks: Vec<usize>,
+        began: bool,
+        /// Canonical bytes of the classic path (stuffed by the test).
+        classic: Vec<u8>,
+        fail_spill: bool,
+        max_buf: usize,
+        /// Called at the first spill (to change the file under a send).
+        on_spill: Option<Box<dyn FnMut()>>,
+    }
+
+    impl Write for TestSink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            assert!(self.began, "bytes before begin()");
+            self.classic.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl RetrieveSink for TestSink {
+        fn begin(&mut self) -> io::Result<()> {
+            self.began = true;
+            Ok(())
+        }
+        fn wire(&mut self) -> Option<&mut dyn WireOut> {
+            Some(self)
+        }
+    }
+
+    impl WireOut for TestSink {
+        fn start(&mut self) -> usize {
+            let m = self.buf.len();
+            self.buf.extend_from_slice(STATUS);
+            self.marks.push(m);
+            m
+        }
+        fn buf(&mut self) -> &mut Vec<u8> {
+            &mut self.buf
+        }
+        fn spill(&mut self) -> io::Result<()> {
+            self.max_buf = self.max_buf.max(self.buf.len());
+            if let Some(mut f) = self.on_spill.take() {
+                f();
+            }
+            if self.fail_spill {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"));
+            }
+            if self.buf.len() >= TEST_SPILL {
+                self.sent.append(&mut self.buf);
+            }
+            Ok(())
+        }
+        fn cancel(&mut self, mark: usize) {
+            assert!(self.sent.is_empty(), "cancel after bytes left");
+            self.buf.truncate(mark);
+        }
+    }
+
+    impl TestSink {
+        /// The whole response as the client would see it (with the session's terminator).
+        fn response(mut self) -> Vec<u8> {
+            if self.began {
+                let mut s = DotStuffer::new(STATUS.to_vec());
+                s.write_all(&self.classic).unwrap();
+                return s.finish().unwrap();
+            }
+            self.sent.append(&mut self.buf);
+            self.sent.extend_from_slice(b".\r\n");
+            self.sent
+        }
+    }
+
+    fn file_with(data: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    fn scanned(f: &File, opts: CanonOptions) -> ScanResult {
+        scan(f, f.metadata().unwrap().len(), opts).unwrap()
+    }
+
+    /// The response through the classic path: the separate check, canonical bytes, stuffed.
+    fn classic(
+        f: &File,
+        s: &ScanResult,
+        i: usize,
+        opts: CanonOptions,
+        top: Option<u64>,
+    ) -> Result<Vec<u8>, RetrieveError> {
+        let mut v = crate::mailbox::VecSink::default();
+        retrieve(f, &s.messages[i], s.digest_hex(i), opts, top, &mut v)?;
+        let mut st = DotStuffer::new(STATUS.to_vec());
+        st.write_all(&v.out).unwrap();
+        Ok(st.finish().unwrap())
+    }
+
+    fn wired(
+        f: &File,
+        s: &ScanResult,
+        i: usize,
+        opts: CanonOptions,
+        top: Option<u64>,
+    ) -> (Result<(), RetrieveError>, TestSink) {
+        let mut t = TestSink {
+            buf: b"+OK earlier response\r\n".to_vec(),
+            ..TestSink::default()
+        };
+        let r = retrieve(f, &s.messages[i], s.digest_hex(i), opts, top, &mut t);
+        (r, t)
+    }
+
+    fn wired_ok(
+        f: &File,
+        s: &ScanResult,
+        i: usize,
+        opts: CanonOptions,
+        top: Option<u64>,
+    ) -> Vec<u8> {
+        let (r, t) = wired(f, s, i, opts, top);
+        r.unwrap();
+        assert!(!t.began, "the wire path was used");
+        let out = t.response();
+        out.strip_prefix(&b"+OK earlier response\r\n"[..])
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn wire_path_matches_the_classic_path() {
+        let data = b"From a\nStatus: RO\nSubject: one\n\n.l1\n>From x\n..\n\nFrom b\n.Subject: two\n\nb\nFrom c\n\n\nFrom d\nX: only headers";
+        let f = file_with(data);
+        for opts in [RD, CanonOptions::PLAIN] {
+            let s = scanned(&f, opts);
+            assert_eq!(s.len(), 4);
+            for i in 0..s.len() {
+                for top in [None, Some(0), Some(1), Some(5)] {
+                    let want = classic(&f, &s, i, opts, top).unwrap();
+                    assert_eq!(
+                        wired_ok(&f, &s, i, opts, top),
+                        want,
+                        "message {i} top {top:?}"
+                    );
+                }
+            }
+        }
+        let s = scanned(&f, RD);
+        assert_eq!(
+            wired_ok(&f, &s, 0, RD, None),
+            b"+OK status\r\nSubject: one\r\n\r\n..l1\r\nFrom x\r\n...\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn changed_message_is_refused_before_anything_is_sent() {
+        let data = b"From a\nSubject: one\n\nbody\n\nFrom b\nSubject: two\n\nb\n".to_vec();
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        // Same length, different header: the digest no longer matches.
+        let mut changed = data.clone();
+        changed[10] = b'X';
+        f.write_all_at(&changed, 0).unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        assert!(matches!(
+            r,
+            Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
+        ));
+        assert!(t.sent.is_empty() && !t.began);
+        assert_eq!(t.buf, b"+OK earlier response\r\n");
+        // The second message moved by one byte: its From line is gone from its offset.
+        let mut moved = data.clone();
+        moved.insert(0, b'x');
+        f.write_all_at(&moved, 0).unwrap();
+        let (r, t) = wired(&f, &s, 1, RD, None);
+        assert!(matches!(
+            r,
+            Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
+        ));
+        assert_eq!(t.buf, b"+OK earlier response\r\n");
+        // Truncated inside the message.
+        f.write_all_at(&data, 0).unwrap();
+        f.set_len(data.len() as u64 - 3).unwrap();
+        let (r, t) = wired(&f, &s, 1, RD, None);
+        assert!(
+            matches!(r, Err(RetrieveError::BeforeStart(MailboxError::Changed(_)))),
+            "{r:?}"
+        );
+        assert_eq!(t.buf, b"+OK earlier response\r\n");
+        // The first message is still fine: it ends before the cut.
+        assert!(wired(&f, &s, 0, RD, None).0.is_ok());
+    }
+
+    fn big_message(body_lines: usize) -> Vec<u8> {
+        let mut d = b"From big\nSubject: big\n\n".to_vec();
+        for i in 0..body_lines {
+            d.extend_from_slice(format!(".line {i} of a long body\n").as_bytes());
+        }
+        d.extend_from_slice(b"\nFrom next\nSubject: n\n\nx\n");
+        d
+    }
+
+    #[test]
+    fn large_message_streams_with_bounded_buffer() {
+        let data = big_message(200_000);
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        let want = classic(&f, &s, 0, RD, None).unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        r.unwrap();
+        assert!(
+            t.max_buf <= TEST_SPILL + 2 * SEND_READ + 64,
+            "{}",
+            t.max_buf
+        );
+        let got = t.response();
+        assert_eq!(&got[b"+OK earlier response\r\n".len()..], &want[..]);
+    }
+
+    #[test]
+    fn large_message_truncated_before_the_check_is_refused() {
+        let data = big_message(200_000);
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        f.set_len(data.len() as u64 - 30).unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        assert!(
+            matches!(r, Err(RetrieveError::BeforeStart(MailboxError::Changed(_)))),
+            "{r:?}"
+        );
+        assert!(t.sent.is_empty());
+    }
+
+    #[test]
+    fn changes_during_the_send_end_it() {
+        let data = big_message(200_000);
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        let g = f.try_clone().unwrap();
+        let mut t = TestSink {
+            on_spill: Some(Box::new(move || g.set_len(1000).unwrap())),
+            ..TestSink::default()
+        };
+        let r = retrieve(&f, &s.messages[0], s.digest_hex(0), RD, None, &mut t);
+        assert!(
+            matches!(r, Err(RetrieveError::During(MailboxError::Changed(_)))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn write_error_stops_the_body() {
+        let data = big_message(200_000);
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        let mut t = TestSink {
+            fail_spill: true,
+            ..TestSink::default()
+        };
+        let r = retrieve(&f, &s.messages[0], s.digest_hex(0), RD, None, &mut t);
+        assert!(
+            matches!(r, Err(RetrieveError::During(MailboxError::Io(..)))),
+            "{r:?}"
+        );
+        assert!(
+            t.buf.len() <= 2 * SEND_READ + 64,
+            "stopped at the first failed spill"
+        );
+    }
+
+    #[test]
+    fn header_too_long_to_hold_falls_back() {
+        let mut data = b"From h\n".to_vec();
+        while data.len() < MAX_HELD + 100_000 {
+            data.extend_from_slice(b"X-Long: a header line that repeats and repeats\n");
+        }
+        data.extend_from_slice(b"\n.body\n");
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        let want = classic(&f, &s, 0, RD, None).unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        r.unwrap();
+        assert!(t.began, "fell back to the classic path");
+        assert_eq!(
+            t.buf, b"+OK earlier response\r\n",
+            "nothing staged was left"
+        );
+        assert_eq!(t.response(), want);
+    }
+
+    fn mbox_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"\nFrom x y\n".to_vec()),
+            Just(b"From ".to_vec()),
+            Just(b">From ".to_vec()),
+            Just(b">>From x".to_vec()),
+            Just(b">".to_vec()),
+            Just(b"Status: RO".to_vec()),
+            Just(b"Subject: y".to_vec()),
+            Just(b" cont".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..20),
+        ];
+        proptest::collection::vec(piece, 0..60).prop_map(|v| {
+            let mut m = b"From first\n".to_vec();
+            m.extend(v.concat());
+            m
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn wire_equals_classic_on_any_mbox(data in mbox_strategy(), top in 0u64..4, rd in any::<bool>()) {
+            let opts = if rd { RD } else { CanonOptions { quoting: Some(Quoting::Mboxo), hide_spool_headers: false } };
+            let f = file_with(&data);
+            let s = scanned(&f, opts);
+            for i in 0..s.len() {
+                for t in [None, Some(top)] {
+                    let want = classic(&f, &s, i, opts, t).unwrap();
+                    prop_assert_eq!(wired_ok(&f, &s, i, opts, t), want);
+                }
+            }
+        }
+    }
+}
