@@ -758,87 +758,96 @@ impl Canon {
         Ok(())
     }
 
-    /// Copies a body stretch into a wire sink in bulk: one `memchr` and two appends per
-    /// line, no per-line state transitions. Returns the bytes consumed; stops (with
-    /// `self.line` back at `Start`) at a line start the full machine must see: a `>` line
-    /// with mboxrd whose `>+From ` question `data` cannot answer, or the end of TOP's lines.
+    /// Copies a body stretch into a wire sink in bulk: the LFs of 64 bytes at a time found
+    /// with one vector compare, then per line one append of its content and one of its line
+    /// ending; no per-line state transitions and no per-line search call (lines average
+    /// well under 100 octets, where a `memchr` call costs more than the scan itself).
+    /// Returns the bytes consumed; stops (with `self.line` back at `Start`) at a line start
+    /// the full machine must see: a `>` line with mboxrd whose `>+From ` question `data`
+    /// cannot answer, or the end of TOP's lines.
     fn bulk_wire(&mut self, data: &[u8], w: WireParts<'_>) -> usize {
         let buf = w.buf;
         // Worst case: every byte an LF that gains a CR, and a dot stuffed.
         buf.reserve(2 * data.len() + 2);
         let before = buf.len();
         let mut stuffed = 0u64;
-        let mut pos = 0;
-        // The first segment continues the line the machine is in.
+        // The first segment continues the line the machine is in; a line start there has
+        // passed the machine's checks already.
+        if *w.line_start && data.first() == Some(&b'.') {
+            buf.push(b'.');
+            stuffed += 1;
+        }
         let (mut line_len, mut prev_cr) = (self.line_len, self.prev_cr);
-        let mut line_start = *w.line_start;
-        loop {
-            let rest = &data[pos..];
-            if line_start && pos > 0 {
-                // A new line: the checks the machine's `Line::Start` would make.
-                let Some(&b) = rest.first() else { break };
-                if self.body_lines_left == Some(0) {
-                    break;
+        let mut seg = 0;
+        let mut lfs = Lfs::new(data, 0);
+        let mut stopped = false;
+        while let Some(lf) = lfs.next() {
+            let k = lf - seg;
+            let cr = if k > 0 {
+                data[lf - 1] == b'\r'
+            } else {
+                prev_cr
+            };
+            buf.extend_from_slice(&data[seg..lf]);
+            buf.extend_from_slice(if cr { b"\n" } else { b"\r\n" });
+            line_len += k as u64;
+            self.last_empty = match (line_len, cr) {
+                (0, _) => 1,
+                (1, true) => 2,
+                _ => 0,
+            };
+            if let Some(n) = self.body_lines_left.as_mut() {
+                *n = n.saturating_sub(1);
+            }
+            line_len = 0;
+            prev_cr = false;
+            seg = lf + 1;
+            // A new line: the checks the machine's `Line::Start` would make.
+            let rest = &data[seg..];
+            let Some(&b) = rest.first() else { break };
+            if self.body_lines_left == Some(0) {
+                stopped = true;
+                break;
+            }
+            match b {
+                b'.' => {
+                    buf.push(b'.');
+                    stuffed += 1;
                 }
-                if b == b'>' && self.unquote {
+                b'>' if self.unquote => {
                     let k = rest.iter().position(|&c| c != b'>').unwrap_or(rest.len());
                     if rest.len() >= k + FROM_.len() {
                         if rest[k..].starts_with(FROM_) {
                             // `>+From `: the line loses its first `>`; it starts with `>`
                             // or `F` after that, so there is nothing to stuff.
-                            pos += 1;
+                            seg += 1;
                             line_len = 1;
-                            line_start = false;
-                            continue;
                         }
                     } else if memchr(b'\n', &rest[k..]).is_none() {
+                        stopped = true;
                         break;
                     }
                 }
-            }
-            let rest = &data[pos..];
-            let Some(&first) = rest.first() else { break };
-            if line_start && first == b'.' {
-                buf.push(b'.');
-                stuffed += 1;
-            }
-            match memchr(b'\n', rest) {
-                Some(k) => {
-                    let cr = if k > 0 { rest[k - 1] == b'\r' } else { prev_cr };
-                    buf.extend_from_slice(&rest[..k]);
-                    buf.extend_from_slice(if cr { b"\n" } else { b"\r\n" });
-                    line_len += k as u64;
-                    self.last_empty = match (line_len, cr) {
-                        (0, _) => 1,
-                        (1, true) => 2,
-                        _ => 0,
-                    };
-                    if let Some(n) = self.body_lines_left.as_mut() {
-                        *n = n.saturating_sub(1);
-                    }
-                    line_len = 0;
-                    prev_cr = false;
-                    line_start = true;
-                    pos += k + 1;
-                }
-                None => {
-                    buf.extend_from_slice(rest);
-                    line_len += rest.len() as u64;
-                    prev_cr = rest[rest.len() - 1] == b'\r';
-                    line_start = false;
-                    pos = data.len();
-                    break;
-                }
+                _ => {}
             }
         }
-        if line_start {
+        let line_start;
+        if stopped || seg == data.len() {
+            line_start = true;
             self.line = Line::Start;
+        } else {
+            let tail = &data[seg..];
+            buf.extend_from_slice(tail);
+            line_len += tail.len() as u64;
+            prev_cr = tail[tail.len() - 1] == b'\r';
+            seg = data.len();
+            line_start = false;
         }
         self.line_len = line_len;
         self.prev_cr = prev_cr;
         *w.line_start = line_start;
         *w.written += (buf.len() - before) as u64 - stuffed;
-        pos
+        seg
     }
 
     /// Counts a body stretch in bulk; returns the bytes consumed (0: let the line machine
@@ -913,6 +922,81 @@ impl Canon {
         }
         cut
     }
+}
+
+/// The positions of the LFs in `data` from `from` on, found 64 bytes at a time.
+struct Lfs<'a> {
+    data: &'a [u8],
+    /// Start of the block `mask` describes.
+    block: usize,
+    /// Bit i set: `data[block + i]` is an LF not yet returned.
+    mask: u64,
+}
+
+impl<'a> Lfs<'a> {
+    fn new(data: &'a [u8], from: usize) -> Lfs<'a> {
+        Lfs {
+            data,
+            block: from,
+            mask: lf_mask(&data[from.min(data.len())..]),
+        }
+    }
+}
+
+impl Iterator for Lfs<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.block += 64;
+            if self.block >= self.data.len() {
+                return None;
+            }
+            self.mask = lf_mask(&self.data[self.block..]);
+        }
+        let i = self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(self.block + i)
+    }
+}
+
+/// Bit i set when `b[i]` is an LF, for the first 64 bytes of `b`.
+#[inline]
+fn lf_mask(b: &[u8]) -> u64 {
+    if let Some(block) = b.first_chunk::<64>() {
+        lf_mask64(block)
+    } else {
+        b.iter()
+            .enumerate()
+            .fold(0, |m, (i, &c)| m | (u64::from(c == b'\n') << i))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn lf_mask64(b: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    let p = b.as_ptr().cast::<__m128i>();
+    let mut m = 0u64;
+    for k in 0..4 {
+        // SAFETY: SSE2 is part of the x86_64 baseline (always enabled), and the unaligned
+        // load reads bytes 16k..16k+16 of the 64-byte array.
+        let bits = unsafe {
+            let v = _mm_loadu_si128(p.add(k));
+            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)))
+        };
+        m |= u64::from(bits as u16) << (16 * k);
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn lf_mask64(b: &[u8; 64]) -> u64 {
+    b.iter()
+        .enumerate()
+        .fold(0, |m, (i, &c)| m | (u64::from(c == b'\n') << i))
 }
 
 /// An obviously-correct (slow, whole-message) implementation of the definition above, to
@@ -1195,6 +1279,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn lfs_finds_every_lf(
+            data in proptest::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..400),
+            from in 0usize..400,
+        ) {
+            let from = from.min(data.len());
+            let want: Vec<usize> = memchr::memchr_iter(b'\n', &data[from..]).map(|i| i + from).collect();
+            prop_assert_eq!(Lfs::new(&data, from).collect::<Vec<_>>(), want);
+        }
+
         #[test]
         fn wire_is_the_stuffed_canonical_form(
             raw in line_strategy(),
