@@ -779,9 +779,9 @@ impl Canon {
         }
         let (mut line_len, mut prev_cr) = (self.line_len, self.prev_cr);
         let mut seg = 0;
-        let mut lfs = Lfs::new(data, 0);
+        let lfs = Lfs::new(data, 0);
         let mut stopped = false;
-        while let Some(lf) = lfs.next() {
+        for lf in lfs {
             let k = lf - seg;
             let cr = if k > 0 {
                 data[lf - 1] == b'\r'
