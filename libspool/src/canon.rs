@@ -789,7 +789,11 @@ impl Canon {
                 prev_cr
             };
             buf.extend_from_slice(&data[seg..lf]);
-            buf.extend_from_slice(if cr { b"\n" } else { b"\r\n" });
+            // Two pushes, not a 1-or-2-byte `extend_from_slice`: that one is a `memcpy` call.
+            if !cr {
+                buf.push(b'\r');
+            }
+            buf.push(b'\n');
             line_len += k as u64;
             self.last_empty = match (line_len, cr) {
                 (0, _) => 1,
