@@ -278,9 +278,7 @@ fn send_wire(
                 }
             } else {
                 let d = wire.take_hasher().unwrap_or_default().finish();
-                let mut hex = String::with_capacity(uidl::UIDL_HEX_LEN);
-                uidl::push_hex(&mut hex, &d);
-                if hex != digest_hex {
+                if !hex_is(digest_hex, &d) {
                     return gone(w, MailboxError::MessageGone);
                 }
                 if !len_proved {
@@ -327,6 +325,17 @@ fn send_wire(
     }
     debug_assert!(wire.at_line_start());
     Ok(Wired::Sent)
+}
+
+/// `hex` is the lowercase hex of `d` (what `uidl::push_hex` writes), compared without
+/// building a string for every message sent.
+fn hex_is(hex: &str, d: &uidl::MessageDigest) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let h = hex.as_bytes();
+    h.len() == 2 * d.len()
+        && d.iter().zip(h.chunks_exact(2)).all(|(&b, pair)| {
+            pair[0] == HEX[usize::from(b >> 4)] && pair[1] == HEX[usize::from(b & 15)]
+        })
 }
 
 /// `pread`s until `buf` is full or the file ends; returns the bytes read.
@@ -497,6 +506,20 @@ mod tests {
         out.strip_prefix(&b"+OK earlier response\r\n"[..])
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn hex_is_push_hex() {
+        let d: uidl::MessageDigest = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let mut hex = String::new();
+        uidl::push_hex(&mut hex, &d);
+        assert!(hex_is(&hex, &d));
+        assert!(!hex_is(&hex[1..], &d));
+        assert!(!hex_is(&format!("{hex}-2"), &d));
+        assert!(!hex_is(&hex.to_uppercase(), &d));
+        let mut other = d;
+        other[15] ^= 1;
+        assert!(!hex_is(&hex, &other));
     }
 
     #[test]
