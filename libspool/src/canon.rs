@@ -767,33 +767,36 @@ impl Canon {
     /// cannot answer, or the end of TOP's lines.
     fn bulk_wire(&mut self, data: &[u8], w: WireParts<'_>) -> usize {
         let buf = w.buf;
-        // Worst case: every byte an LF that gains a CR, and a dot stuffed.
-        buf.reserve(2 * data.len() + 2);
+        // Every input byte gives at most two output bytes (an LF gains a CR; a line's
+        // leading dot is doubled), plus room for the fixed-size over-copy of short lines.
+        buf.reserve(2 * data.len() + OVERCOPY);
         let before = buf.len();
+        let mut out = Spare {
+            spare: buf.spare_capacity_mut(),
+            len: 0,
+        };
         let mut stuffed = 0u64;
         // The first segment continues the line the machine is in; a line start there has
         // passed the machine's checks already.
         if *w.line_start && data.first() == Some(&b'.') {
-            buf.push(b'.');
+            out.put(b'.');
             stuffed += 1;
         }
         let (mut line_len, mut prev_cr) = (self.line_len, self.prev_cr);
         let mut seg = 0;
-        let lfs = Lfs::new(data, 0);
         let mut stopped = false;
-        for lf in lfs {
+        for lf in Lfs::new(data, 0) {
             let k = lf - seg;
             let cr = if k > 0 {
                 data[lf - 1] == b'\r'
             } else {
                 prev_cr
             };
-            buf.extend_from_slice(&data[seg..lf]);
-            // Two pushes, not a 1-or-2-byte `extend_from_slice`: that one is a `memcpy` call.
+            out.copy(data, seg, lf);
             if !cr {
-                buf.push(b'\r');
+                out.put(b'\r');
             }
-            buf.push(b'\n');
+            out.put(b'\n');
             line_len += k as u64;
             self.last_empty = match (line_len, cr) {
                 (0, _) => 1,
@@ -815,7 +818,7 @@ impl Canon {
             }
             match b {
                 b'.' => {
-                    buf.push(b'.');
+                    out.put(b'.');
                     stuffed += 1;
                 }
                 b'>' if self.unquote => {
@@ -840,17 +843,20 @@ impl Canon {
             line_start = true;
             self.line = Line::Start;
         } else {
-            let tail = &data[seg..];
-            buf.extend_from_slice(tail);
-            line_len += tail.len() as u64;
-            prev_cr = tail[tail.len() - 1] == b'\r';
+            out.copy(data, seg, data.len());
+            line_len += (data.len() - seg) as u64;
+            prev_cr = data[data.len() - 1] == b'\r';
             seg = data.len();
             line_start = false;
         }
+        let n = out.len;
+        // SAFETY: `Spare` wrote every byte of `spare[..n]` (each append initialises the
+        // bytes it counts), and `spare` is `buf`'s spare capacity from `before` on.
+        unsafe { buf.set_len(before + n) };
         self.line_len = line_len;
         self.prev_cr = prev_cr;
         *w.line_start = line_start;
-        *w.written += (buf.len() - before) as u64 - stuffed;
+        *w.written += n as u64 - stuffed;
         seg
     }
 
@@ -925,6 +931,48 @@ impl Canon {
             self.prev_cr = last == b'\r';
         }
         cut
+    }
+}
+
+/// Bytes [`Spare::copy`] may write past the end of a short line (the source line and the
+/// destination both have that much room): a fixed-size copy is a few vector moves where an
+/// exact one is a `memcpy` call, and most lines are shorter than this.
+const OVERCOPY: usize = 64;
+
+/// Appends into a `Vec`'s spare capacity: bounds-checked, but without the per-append
+/// capacity and length bookkeeping of `push`/`extend_from_slice`. `spare[..len]` is
+/// always fully written; bytes after it may hold over-copy garbage, never exposed.
+struct Spare<'a> {
+    spare: &'a mut [std::mem::MaybeUninit<u8>],
+    len: usize,
+}
+
+impl Spare<'_> {
+    #[inline]
+    fn put(&mut self, b: u8) {
+        self.spare[self.len].write(b);
+        self.len += 1;
+    }
+
+    /// Appends `data[from..to]`.
+    #[inline]
+    fn copy(&mut self, data: &[u8], from: usize, to: usize) {
+        let k = to - from;
+        match data[from..].first_chunk::<OVERCOPY>() {
+            Some(src) if k <= OVERCOPY => {
+                let dst = &mut self.spare[self.len..self.len + OVERCOPY];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    d.write(s);
+                }
+            }
+            _ => {
+                let dst = &mut self.spare[self.len..self.len + k];
+                for (d, &s) in dst.iter_mut().zip(&data[from..to]) {
+                    d.write(s);
+                }
+            }
+        }
+        self.len += k;
     }
 }
 
