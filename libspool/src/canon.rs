@@ -26,9 +26,10 @@
 //! One streaming line machine implements all of it and is shared by `measure`, `copy`, the
 //! mbox scanner (which also feeds header lines to the UIDL hasher), and the pre-send digest
 //! check, so the sizes in STAT/LIST cannot drift from what RETR sends. Bodies are handled in
-//! bulk: `copy` moves whole lines with one `memchr` each, and counting (`measure`, the scan)
-//! uses SIMD counts of LFs and CRLFs over whole buffers, only visiting lines that start with
-//! `>`.
+//! bulk: `copy` moves whole lines with one `memchr` each; `Wire` (RETR/TOP's path) also
+//! byte-stuffs as it goes, since the machine knows every line start, and copies body lines
+//! found 64 bytes at a time by a vector compare; and counting (`measure`, the scan) uses SIMD
+//! counts of LFs and CRLFs over whole buffers, only visiting lines that start with `>`.
 
 use crate::mbox::uidl::UidlHasher;
 use crate::mbox::Quoting;

@@ -7,6 +7,14 @@
 //! matches. Only the session lock is held during a session (the content lock is not, so that
 //! mail delivery is never blocked by a slow client), so a local MUA may have rewritten the
 //! mbox meanwhile; the check makes sure we never send one message under another's number.
+//!
+//! With the session's sink (a [`WireOut`]) the check and the send are one pass
+//! (`send_wire`): the `From ` line and the message are read with large `pread`s (a typical
+//! message in one), the header block runs through the canonical line machine with the UIDL
+//! hasher on while the machine appends the byte-stuffed output after a staged status line,
+//! and nothing is released until the header block has ended and its digest matched. A header
+//! block longer than [`MAX_HELD`] falls back to the separate [`verify`] pass, so what is held
+//! stays bounded.
 
 use crate::canon::{self, CanonOptions, Pooled, Wire};
 use crate::error::MailboxError;
@@ -66,7 +74,7 @@ pub const MAX_HELD: usize = 1024 * 1024;
 
 /// Sends one message (all of it, or TOP's part with `body_lines`) into `sink`.
 ///
-/// With a [`WireOut`] sink the check and the send are one pass: see [`send_wire`].
+/// With a [`WireOut`] sink the check and the send are one pass: see `send_wire`.
 pub fn retrieve(
     file: &File,
     info: &MessageInfo,
