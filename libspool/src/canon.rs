@@ -26,9 +26,10 @@
 //! One streaming line machine implements all of it and is shared by `measure`, `copy`, the
 //! mbox scanner (which also feeds header lines to the UIDL hasher), and the pre-send digest
 //! check, so the sizes in STAT/LIST cannot drift from what RETR sends. Bodies are handled in
-//! bulk: `copy` moves whole lines with one `memchr` each, and counting (`measure`, the scan)
-//! uses SIMD counts of LFs and CRLFs over whole buffers, only visiting lines that start with
-//! `>`.
+//! bulk: `copy` moves whole lines with one `memchr` each; `Wire` (RETR/TOP's path) also
+//! byte-stuffs as it goes, since the machine knows every line start, and copies body lines
+//! found 64 bytes at a time by a vector compare; and counting (`measure`, the scan) uses SIMD
+//! counts of LFs and CRLFs over whole buffers, only visiting lines that start with `>`.
 
 use crate::mbox::uidl::UidlHasher;
 use crate::mbox::Quoting;
@@ -106,8 +107,84 @@ pub fn copy(
     Ok(sink.written)
 }
 
+/// Streams raw message bytes into their wire form (canonical, then byte-stuffed: exactly
+/// what goes between the `+OK` line and the terminating `.` line), appended to the caller's
+/// buffer chunk by chunk. The caller decides when staged bytes may leave, which is what lets
+/// RETR check a message's header block (with the UIDL hasher on) in the same pass that
+/// produces its output, and send nothing until the check has passed.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    canon: Canon,
+    line_start: bool,
+    written: u64,
+}
+
+impl Wire {
+    pub(crate) fn new(
+        opts: CanonOptions,
+        body_lines: Option<u64>,
+        hasher: Option<UidlHasher>,
+    ) -> Wire {
+        Wire {
+            canon: Canon::new(opts, body_lines, hasher),
+            line_start: true,
+            written: 0,
+        }
+    }
+
+    /// Appends the wire form of `data` to `buf`. Returns true once TOP has all it needs.
+    pub(crate) fn feed(&mut self, data: &[u8], buf: &mut Vec<u8>) -> io::Result<bool> {
+        let mut sink = WireSink {
+            buf,
+            line_start: self.line_start,
+            written: self.written,
+        };
+        let r = self.canon.feed(data, &mut sink);
+        self.line_start = sink.line_start;
+        self.written = sink.written;
+        r
+    }
+
+    /// The input ended: an unterminated last line gets its CRLF.
+    pub(crate) fn finish(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        let mut sink = WireSink {
+            buf,
+            line_start: self.line_start,
+            written: self.written,
+        };
+        let r = self.canon.finish(&mut sink);
+        self.line_start = sink.line_start;
+        self.written = sink.written;
+        r
+    }
+
+    /// Still inside the header block: the UIDL digest is not complete yet.
+    pub(crate) fn in_header(&self) -> bool {
+        self.canon.in_header()
+    }
+
+    pub(crate) fn hasher_mut(&mut self) -> Option<&mut UidlHasher> {
+        self.canon.hasher.as_mut()
+    }
+
+    pub(crate) fn take_hasher(&mut self) -> Option<UidlHasher> {
+        self.canon.hasher.take()
+    }
+
+    /// Canonical octets produced so far (stuffing dots not counted): LIST's size for RETR.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Nothing is pending and every line output so far is complete: the wire form ends
+    /// with CRLF or is empty, so the terminator is `.` CRLF alone.
+    pub(crate) fn at_line_start(&self) -> bool {
+        self.line_start
+    }
+}
+
 /// Which per-thread buffer a [`Pooled`] borrows.
-const IN_BUF: usize = 0;
+pub(crate) const IN_BUF: usize = 0;
 const OUT_BUF: usize = 1;
 
 thread_local! {
@@ -118,14 +195,14 @@ thread_local! {
 }
 
 /// A per-thread buffer, given back on drop (also on error paths).
-struct Pooled {
-    v: Vec<u8>,
+pub(crate) struct Pooled {
+    pub(crate) v: Vec<u8>,
     which: usize,
 }
 
 impl Pooled {
     /// Borrows buffer `which`, at least `min_len` bytes long.
-    fn take(which: usize, min_len: usize) -> Pooled {
+    pub(crate) fn take(which: usize, min_len: usize) -> Pooled {
         let mut v = POOL.with(|p| std::mem::take(&mut p.borrow_mut()[which]));
         if v.len() < min_len {
             v.resize(min_len, 0);
@@ -172,9 +249,63 @@ fn pump<S: Sink>(src: &mut dyn Read, len: u64, canon: &mut Canon, sink: &mut S) 
 pub(crate) trait Sink {
     /// Only the number of octets matters: enables the bulk counting path for bodies.
     const COUNT_ONLY: bool;
+    /// The sink is a [`WireSink`]: enables the bulk copy path for bodies.
+    const WIRE: bool = false;
     fn emit(&mut self, b: &[u8]) -> io::Result<()>;
     /// Adds `n` octets without their content; only called when `COUNT_ONLY`.
     fn add_count(&mut self, n: u64);
+    /// A [`WireSink`]'s buffer, line-start flag and octet count; only called when `WIRE`.
+    fn wire_parts(&mut self) -> WireParts<'_> {
+        unreachable!("wire_parts is only used by wire sinks")
+    }
+}
+
+/// Appends the byte-stuffed canonical form (the octets on the wire between the status line
+/// and the terminating `.` line) to a buffer. Stuffing here, where every line start is
+/// known, instead of in a second pass over the output saves a scan and a copy of every
+/// byte sent: canonical output has an LF only at the end of a line, so a line starts
+/// exactly after an emitted LF.
+#[derive(Debug)]
+pub(crate) struct WireSink<'a> {
+    pub(crate) buf: &'a mut Vec<u8>,
+    /// The next emitted byte starts a line.
+    pub(crate) line_start: bool,
+    /// Canonical octets emitted (stuffing dots not counted).
+    pub(crate) written: u64,
+}
+
+/// The fields of a [`WireSink`] the bulk body copy updates.
+pub(crate) struct WireParts<'a> {
+    buf: &'a mut Vec<u8>,
+    line_start: &'a mut bool,
+    written: &'a mut u64,
+}
+
+impl Sink for WireSink<'_> {
+    const COUNT_ONLY: bool = false;
+    const WIRE: bool = true;
+    fn emit(&mut self, b: &[u8]) -> io::Result<()> {
+        let Some(&last) = b.last() else {
+            return Ok(());
+        };
+        if self.line_start && b[0] == b'.' {
+            self.buf.push(b'.');
+        }
+        self.buf.extend_from_slice(b);
+        self.written += b.len() as u64;
+        self.line_start = last == b'\n';
+        Ok(())
+    }
+    fn add_count(&mut self, _n: u64) {
+        unreachable!("add_count is only used by counting sinks")
+    }
+    fn wire_parts(&mut self) -> WireParts<'_> {
+        WireParts {
+            buf: self.buf,
+            line_start: &mut self.line_start,
+            written: &mut self.written,
+        }
+    }
 }
 
 /// Counts canonical octets.
@@ -396,11 +527,20 @@ impl Canon {
                     }
                     _ => {
                         self.hidden_field = false;
-                        if self.hide || self.hasher.is_some() {
+                        if !(self.hide || self.hasher.is_some())
+                            || !SPOOL_HEADERS.iter().any(|n| n[0] == b.to_ascii_lowercase())
+                        {
+                            self.pass_header(false);
+                        } else if let Some(i) = memchr(b'\n', data) {
+                            // The whole line is here: decide at once. `field_decision` is
+                            // monotone (a decided prefix stays decided the same way), and a
+                            // line still undecided at its end is shown, as in `FieldName`.
+                            let hidden = field_decision(&data[..i]) == Field::Hidden;
+                            self.hidden_field = hidden;
+                            self.pass_header(hidden);
+                        } else {
                             self.line = Line::FieldName;
                             self.pend_len = 0;
-                        } else {
-                            self.pass_header(false);
                         }
                     }
                 },
@@ -480,6 +620,13 @@ impl Canon {
                         let n = self.bulk(data, out);
                         data = &data[n..];
                         if n > 0 {
+                            continue;
+                        }
+                    }
+                    if S::WIRE && !self.in_header && emit && !hash {
+                        let n = self.bulk_wire(data, out.wire_parts());
+                        data = &data[n..];
+                        if n > 0 || self.line != (Line::Pass { emit, hash }) {
                             continue;
                         }
                     }
@@ -612,6 +759,108 @@ impl Canon {
         Ok(())
     }
 
+    /// Copies a body stretch into a wire sink in bulk: the LFs of 64 bytes at a time found
+    /// with one vector compare, then per line one append of its content and one of its line
+    /// ending; no per-line state transitions and no per-line search call (lines average
+    /// well under 100 octets, where a `memchr` call costs more than the scan itself).
+    /// Returns the bytes consumed; stops (with `self.line` back at `Start`) at a line start
+    /// the full machine must see: a `>` line with mboxrd whose `>+From ` question `data`
+    /// cannot answer, or the end of TOP's lines.
+    fn bulk_wire(&mut self, data: &[u8], w: WireParts<'_>) -> usize {
+        let buf = w.buf;
+        // Every input byte gives at most two output bytes (an LF gains a CR; a line's
+        // leading dot is doubled), plus room for the fixed-size over-copy of short lines.
+        buf.reserve(2 * data.len() + OVERCOPY);
+        let before = buf.len();
+        let mut out = Spare {
+            spare: buf.spare_capacity_mut(),
+            len: 0,
+        };
+        let mut stuffed = 0u64;
+        // The first segment continues the line the machine is in; a line start there has
+        // passed the machine's checks already.
+        if *w.line_start && data.first() == Some(&b'.') {
+            out.put(b'.');
+            stuffed += 1;
+        }
+        let (mut line_len, mut prev_cr) = (self.line_len, self.prev_cr);
+        let mut seg = 0;
+        let mut stopped = false;
+        for lf in Lfs::new(data, 0) {
+            let k = lf - seg;
+            let cr = if k > 0 {
+                data[lf - 1] == b'\r'
+            } else {
+                prev_cr
+            };
+            out.copy(data, seg, lf);
+            if !cr {
+                out.put(b'\r');
+            }
+            out.put(b'\n');
+            line_len += k as u64;
+            self.last_empty = match (line_len, cr) {
+                (0, _) => 1,
+                (1, true) => 2,
+                _ => 0,
+            };
+            if let Some(n) = self.body_lines_left.as_mut() {
+                *n = n.saturating_sub(1);
+            }
+            line_len = 0;
+            prev_cr = false;
+            seg = lf + 1;
+            // A new line: the checks the machine's `Line::Start` would make.
+            let rest = &data[seg..];
+            let Some(&b) = rest.first() else { break };
+            if self.body_lines_left == Some(0) {
+                stopped = true;
+                break;
+            }
+            match b {
+                b'.' => {
+                    out.put(b'.');
+                    stuffed += 1;
+                }
+                b'>' if self.unquote => {
+                    let k = rest.iter().position(|&c| c != b'>').unwrap_or(rest.len());
+                    if rest.len() >= k + FROM_.len() {
+                        if rest[k..].starts_with(FROM_) {
+                            // `>+From `: the line loses its first `>`; it starts with `>`
+                            // or `F` after that, so there is nothing to stuff.
+                            seg += 1;
+                            line_len = 1;
+                        }
+                    } else if memchr(b'\n', &rest[k..]).is_none() {
+                        stopped = true;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let line_start;
+        if stopped || seg == data.len() {
+            line_start = true;
+            self.line = Line::Start;
+        } else {
+            out.copy(data, seg, data.len());
+            line_len += (data.len() - seg) as u64;
+            prev_cr = data[data.len() - 1] == b'\r';
+            seg = data.len();
+            line_start = false;
+        }
+        let n = out.len;
+        // SAFETY: `Spare` wrote every byte of `spare[..n]` (each append initialises the
+        // bytes it counts), and `spare` is `buf`'s spare capacity from `before` on.
+        unsafe { buf.set_len(before + n) };
+        self.line_len = line_len;
+        self.prev_cr = prev_cr;
+        *w.line_start = line_start;
+        *w.written += n as u64 - stuffed;
+        seg
+    }
+
     /// Counts a body stretch in bulk; returns the bytes consumed (0: let the line machine
     /// handle a line start that begins with `>` and is not complete in `data`).
     fn bulk<S: Sink>(&mut self, data: &[u8], out: &mut S) -> usize {
@@ -684,6 +933,123 @@ impl Canon {
         }
         cut
     }
+}
+
+/// Bytes [`Spare::copy`] may write past the end of a short line (the source line and the
+/// destination both have that much room): a fixed-size copy is a few vector moves where an
+/// exact one is a `memcpy` call, and most lines are shorter than this.
+const OVERCOPY: usize = 64;
+
+/// Appends into a `Vec`'s spare capacity: bounds-checked, but without the per-append
+/// capacity and length bookkeeping of `push`/`extend_from_slice`. `spare[..len]` is
+/// always fully written; bytes after it may hold over-copy garbage, never exposed.
+struct Spare<'a> {
+    spare: &'a mut [std::mem::MaybeUninit<u8>],
+    len: usize,
+}
+
+impl Spare<'_> {
+    #[inline]
+    fn put(&mut self, b: u8) {
+        self.spare[self.len].write(b);
+        self.len += 1;
+    }
+
+    /// Appends `data[from..to]`.
+    #[inline]
+    fn copy(&mut self, data: &[u8], from: usize, to: usize) {
+        let k = to - from;
+        match data[from..].first_chunk::<OVERCOPY>() {
+            Some(src) if k <= OVERCOPY => {
+                let dst = &mut self.spare[self.len..self.len + OVERCOPY];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    d.write(s);
+                }
+            }
+            _ => {
+                let dst = &mut self.spare[self.len..self.len + k];
+                for (d, &s) in dst.iter_mut().zip(&data[from..to]) {
+                    d.write(s);
+                }
+            }
+        }
+        self.len += k;
+    }
+}
+
+/// The positions of the LFs in `data` from `from` on, found 64 bytes at a time.
+struct Lfs<'a> {
+    data: &'a [u8],
+    /// Start of the block `mask` describes.
+    block: usize,
+    /// Bit i set: `data[block + i]` is an LF not yet returned.
+    mask: u64,
+}
+
+impl<'a> Lfs<'a> {
+    fn new(data: &'a [u8], from: usize) -> Lfs<'a> {
+        Lfs {
+            data,
+            block: from,
+            mask: lf_mask(&data[from.min(data.len())..]),
+        }
+    }
+}
+
+impl Iterator for Lfs<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.block += 64;
+            if self.block >= self.data.len() {
+                return None;
+            }
+            self.mask = lf_mask(&self.data[self.block..]);
+        }
+        let i = self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(self.block + i)
+    }
+}
+
+/// Bit i set when `b[i]` is an LF, for the first 64 bytes of `b`.
+#[inline]
+fn lf_mask(b: &[u8]) -> u64 {
+    if let Some(block) = b.first_chunk::<64>() {
+        lf_mask64(block)
+    } else {
+        b.iter()
+            .enumerate()
+            .fold(0, |m, (i, &c)| m | (u64::from(c == b'\n') << i))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn lf_mask64(b: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    let p = b.as_ptr().cast::<__m128i>();
+    let mut m = 0u64;
+    for k in 0..4 {
+        // SAFETY: SSE2 is part of the x86_64 baseline (always enabled), and the unaligned
+        // load reads bytes 16k..16k+16 of the 64-byte array.
+        let bits = unsafe {
+            let v = _mm_loadu_si128(p.add(k));
+            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)))
+        };
+        m |= u64::from(bits as u16) << (16 * k);
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn lf_mask64(b: &[u8; 64]) -> u64 {
+    b.iter()
+        .enumerate()
+        .fold(0, |m, (i, &c)| m | (u64::from(c == b'\n') << i))
 }
 
 /// An obviously-correct (slow, whole-message) implementation of the definition above, to
@@ -899,7 +1265,104 @@ mod tests {
             })
     }
 
+    /// The wire form the old two-stage path produced: canonical bytes through the stuffer.
+    fn stuffed(canonical: &[u8]) -> Vec<u8> {
+        let mut s = crate::pop3::response::DotStuffer::new(Vec::new());
+        s.write_all(canonical).unwrap();
+        let mut v = s.finish().unwrap();
+        v.truncate(v.len() - 3);
+        v
+    }
+
+    /// Feeds `raw` to a `Wire` in pieces cut at `cuts`; returns the output, the canonical
+    /// octet count and the header digest.
+    fn wire(
+        raw: &[u8],
+        opts: CanonOptions,
+        top: Option<u64>,
+        cuts: &[usize],
+    ) -> (Vec<u8>, u64, crate::mbox::uidl::MessageDigest) {
+        let mut w = Wire::new(opts, top, Some(UidlHasher::new()));
+        let mut out = b"+OK\r\n".to_vec();
+        let mut prev = 0;
+        let mut done = false;
+        for &c in cuts.iter().chain(std::iter::once(&raw.len())) {
+            let c = c.clamp(prev, raw.len());
+            if w.feed(&raw[prev..c], &mut out).unwrap() {
+                done = true;
+                break;
+            }
+            prev = c;
+        }
+        if !done {
+            w.finish(&mut out).unwrap();
+        }
+        assert!(w.at_line_start());
+        let d = w.take_hasher().unwrap().finish();
+        (out[5..].to_vec(), w.written(), d)
+    }
+
+    #[test]
+    fn wire_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b".", b"..\r\n"),
+            (
+                b"A: b\n\n.\n..\n.x\r\n",
+                b"A: b\r\n\r\n..\r\n...\r\n..x\r\n",
+            ),
+            (
+                b".A: b\n\n>From a\n>>From b\n",
+                b"..A: b\r\n\r\nFrom a\r\n>From b\r\n",
+            ),
+            (b"A: b\n\n>.x\n>Fro\n>", b"A: b\r\n\r\n>.x\r\n>Fro\r\n>\r\n"),
+        ];
+        for (raw, want) in cases {
+            for cut in 0..raw.len() {
+                let (got, n, _) = wire(raw, RD, None, &[cut]);
+                assert_eq!(
+                    got,
+                    *want,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(raw)
+                );
+                assert_eq!(n, size(raw, RD));
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn lfs_finds_every_lf(
+            data in proptest::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..400),
+            from in 0usize..400,
+        ) {
+            let from = from.min(data.len());
+            let want: Vec<usize> = memchr::memchr_iter(b'\n', &data[from..]).map(|i| i + from).collect();
+            prop_assert_eq!(Lfs::new(&data, from).collect::<Vec<_>>(), want);
+        }
+
+        #[test]
+        fn wire_is_the_stuffed_canonical_form(
+            raw in line_strategy(),
+            opts in opts_strategy(),
+            cuts in proptest::collection::vec(0usize..300, 0..10),
+            top in proptest::option::of(0u64..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (out, n, digest) = wire(&raw, opts, top, &cuts);
+            let canonical = reference_canon(&raw, opts, top);
+            prop_assert_eq!(&out, &stuffed(&canonical));
+            prop_assert_eq!(n, canonical.len() as u64);
+            // Byte at a time too.
+            let ones: Vec<usize> = (1..raw.len()).collect();
+            prop_assert_eq!(&wire(&raw, opts, top, &ones).0, &out);
+            // The header digest is the one the scan's machine computes, whatever the options.
+            let (_, _, plain) = wire(&raw, CanonOptions::PLAIN, None, &[]);
+            prop_assert_eq!(digest, plain);
+        }
+
         #[test]
         fn copy_writes_measure_octets(
             raw in line_strategy(),

@@ -133,6 +133,34 @@ pub fn state_paths(state_dir: &Path, mailbox: &Path) -> StatePaths {
 /// before its first byte, so the session can send `+OK` only when it can deliver.
 pub trait RetrieveSink: Write {
     fn begin(&mut self) -> io::Result<()>;
+    /// The fast path, for sinks that can take the final wire form straight into their output
+    /// buffer (the session's; see [`WireOut`]). `None` (the default): use `begin` and `Write`
+    /// with canonical bytes, which the sink byte-stuffs.
+    fn wire(&mut self) -> Option<&mut dyn WireOut> {
+        None
+    }
+}
+
+/// An output buffer a mailbox appends a whole RETR/TOP response to: the status line, then
+/// the message canonical and byte-stuffed; the sink adds the terminating `.` line when the
+/// retrieve returns `Ok` (the wire form always ends with CRLF or is empty).
+///
+/// The protocol keeps the `+OK`-only-when-checked promise of `begin` while letting the check
+/// run in the same pass as the output: `start` stages the status line, the mailbox appends
+/// and checks, and nothing from the mark on may leave until the mailbox calls `spill`. A
+/// failed check calls `cancel(mark)` and returns [`RetrieveError::BeforeStart`]; a mailbox
+/// that changes its mind may `cancel` and then use `begin`/`Write` instead.
+pub trait WireOut {
+    /// Appends the status line; returns the buffer's length before it (the mark).
+    fn start(&mut self) -> usize;
+    /// The output buffer: append only, and never touch bytes before the mark.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// The message has been checked: staged bytes may leave. Sends them once there are
+    /// enough for a large write; call it after every append of a bounded amount, so memory
+    /// stays bounded however large the message.
+    fn spill(&mut self) -> io::Result<()>;
+    /// The check failed or the mailbox falls back to `begin`: drops everything from `mark`.
+    fn cancel(&mut self, mark: usize);
 }
 
 /// A RETR/TOP failure, split by whether the client has already seen `+OK`.

@@ -9,7 +9,7 @@
 
 use crate::error::MailboxError;
 use crate::limits;
-use crate::mailbox::{Mailbox, RetrieveError, RetrieveSink};
+use crate::mailbox::{Mailbox, RetrieveError, RetrieveSink, WireOut};
 use crate::pop3::command::{self, Command, MsgNum};
 use crate::pop3::line::{Line, LineBuffer};
 use crate::pop3::response::{self, DotStuffer, RespCode};
@@ -136,7 +136,13 @@ pub fn run(
         bad_in_a_row: 0,
         capa: capa_listing(cfg),
     };
-    let end = serve(&mut st, input, out, cfg);
+    let mut out = Out {
+        buf: Vec::with_capacity(2 * OUT_CHUNK),
+        inner: out,
+    };
+    let end = serve(&mut st, input, &mut out, cfg);
+    // Every way out of `serve` has flushed already; this only matters if one did not.
+    let _ = out.flush();
     let (deleted, deleted_bytes) = match end {
         EndReason::Quit => st.deleted_totals(),
         _ => (0, 0),
@@ -155,7 +161,7 @@ pub fn run(
 fn serve(
     st: &mut State<'_>,
     input: &mut dyn ClientInput,
-    out: &mut dyn Write,
+    out: &mut Out<'_>,
     cfg: &SessionConfig,
 ) -> EndReason {
     // qmail-pop3d's first line: the answer to the client's PASS.
@@ -222,14 +228,86 @@ fn serve(
     }
 }
 
-/// RETR/TOP output: `+OK` once the mailbox has checked the message, then the byte-stuffed
-/// canonical message.
-struct Sink<'a> {
-    stuffer: DotStuffer<&'a mut dyn Write>,
-    status: String,
+/// Octets the session's output buffer collects before it writes them out. At least the
+/// caller's `BufWriter` capacity (pop-serve: 64 KiB), which then passes our writes straight
+/// to the descriptor instead of copying them once more.
+pub const OUT_CHUNK: usize = 128 * 1024;
+
+/// The session's output: every response goes through this one buffer, and RETR/TOP append
+/// their wire form straight into it (see [`WireOut`]), so a message is copied once between
+/// the `pread` and the `write`, and small messages leave together in large writes.
+struct Out<'a> {
+    buf: Vec<u8>,
+    inner: &'a mut dyn Write,
 }
 
-impl Write for Sink<'_> {
+impl Out<'_> {
+    /// Writes out everything buffered.
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.inner.write_all(&self.buf);
+        // After a failed write the session ends; what is left would go nowhere.
+        self.buf.clear();
+        r
+    }
+
+    /// Writes out the buffer once it holds a large write's worth.
+    fn spill(&mut self) -> io::Result<()> {
+        if self.buf.len() >= OUT_CHUNK {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Out<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= OUT_CHUNK {
+            return self.inner.write(data);
+        }
+        self.buf.extend_from_slice(data);
+        self.spill()?;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.inner.flush()
+    }
+}
+
+/// RETR/TOP output: `+OK` once the mailbox has checked the message, then the byte-stuffed
+/// canonical message. Through `Write` (canonical bytes, stuffed here) or through [`WireOut`]
+/// (the mailbox appends the stuffed wire form itself).
+struct Sink<'s, 'o> {
+    stuffer: DotStuffer<&'s mut Out<'o>>,
+    status: String,
+    /// Where this response starts in the output buffer, while the wire path is in use.
+    wire_mark: Option<usize>,
+}
+
+impl WireOut for Sink<'_, '_> {
+    fn start(&mut self) -> usize {
+        let out = self.stuffer.get_mut();
+        let mark = out.buf.len();
+        out.buf.extend_from_slice(self.status.as_bytes());
+        self.wire_mark = Some(mark);
+        mark
+    }
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.stuffer.get_mut().buf
+    }
+    fn spill(&mut self) -> io::Result<()> {
+        self.stuffer.get_mut().spill()
+    }
+    fn cancel(&mut self, mark: usize) {
+        self.stuffer.get_mut().buf.truncate(mark);
+        self.wire_mark = None;
+    }
+}
+
+impl Write for Sink<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stuffer.write(buf)
     }
@@ -241,9 +319,12 @@ impl Write for Sink<'_> {
     }
 }
 
-impl RetrieveSink for Sink<'_> {
+impl RetrieveSink for Sink<'_, '_> {
     fn begin(&mut self) -> io::Result<()> {
         self.stuffer.get_mut().write_all(self.status.as_bytes())
+    }
+    fn wire(&mut self) -> Option<&mut dyn WireOut> {
+        Some(self)
     }
 }
 
@@ -282,7 +363,7 @@ impl State<'_> {
         Ok(i - 1)
     }
 
-    fn handle_line(&mut self, line: &[u8], out: &mut dyn Write) -> io::Result<Flow> {
+    fn handle_line(&mut self, line: &[u8], out: &mut Out<'_>) -> io::Result<Flow> {
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(e) => {
@@ -305,7 +386,7 @@ impl State<'_> {
         Ok(flow)
     }
 
-    fn handle(&mut self, cmd: Command, out: &mut dyn Write) -> io::Result<Flow> {
+    fn handle(&mut self, cmd: Command, out: &mut Out<'_>) -> io::Result<Flow> {
         let ok_cmd = |st: &mut Self| st.bad_in_a_row = 0;
         match cmd {
             Command::Stat => {
@@ -409,7 +490,7 @@ impl State<'_> {
         out.write_all(b".\r\n")
     }
 
-    fn retrieve(&mut self, m: MsgNum, top: Option<u64>, out: &mut dyn Write) -> io::Result<Flow> {
+    fn retrieve(&mut self, m: MsgNum, top: Option<u64>, out: &mut Out<'_>) -> io::Result<Flow> {
         let i = match self.msgno(m) {
             Ok(i) => i,
             Err(t) => {
@@ -426,10 +507,16 @@ impl State<'_> {
         let mut sink = Sink {
             stuffer: DotStuffer::new(out),
             status,
+            wire_mark: None,
         };
         match self.mbox.retrieve(i, top, &mut sink) {
             Ok(()) => {
-                sink.stuffer.finish()?;
+                if sink.wire_mark.is_some() {
+                    // The wire form ends with CRLF or is empty: the terminator alone.
+                    sink.stuffer.get_mut().write_all(b".\r\n")?;
+                } else {
+                    sink.stuffer.finish()?;
+                }
                 if top.is_none() {
                     self.last = self.last.max(i + 1);
                     if !self.retrieved[i] {
@@ -441,6 +528,10 @@ impl State<'_> {
                 Ok(Flow::Continue)
             }
             Err(RetrieveError::BeforeStart(e)) => {
+                if let Some(mark) = sink.wire_mark {
+                    // The mailbox should have cancelled; never let a staged `+OK` out.
+                    sink.cancel(mark);
+                }
                 let (code, text) = e.response();
                 response::err(sink.stuffer.get_mut(), code, &text)?;
                 Ok(Flow::Continue)

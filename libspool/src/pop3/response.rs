@@ -100,7 +100,13 @@ pub struct DotStuffer<W: Write> {
     ends_crlf: bool,
     empty: bool,
     failed: bool,
-    finder: memmem::Finder<'static>,
+}
+
+/// The `\n.` searcher, built once: a RETR answered through the mailbox's wire path creates
+/// a stuffer it never uses, and building a searcher allocates.
+fn lf_dot() -> &'static memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memmem::Finder::new(b"\n."))
 }
 
 impl<W: Write> DotStuffer<W> {
@@ -112,7 +118,6 @@ impl<W: Write> DotStuffer<W> {
             ends_crlf: false,
             empty: true,
             failed: false,
-            finder: memmem::Finder::new(b"\n.").into_owned(),
         }
     }
     /// Writes the terminator and returns the inner writer. It does not flush: the caller
@@ -143,7 +148,7 @@ impl<W: Write> DotStuffer<W> {
         if self.line_start && buf[0] == b'.' {
             self.inner.write_all(b".")?;
         }
-        for lf in self.finder.find_iter(buf) {
+        for lf in lf_dot().find_iter(buf) {
             // Through the LF, then the extra dot; the line's own dot starts the next segment.
             self.inner.write_all(&buf[from..=lf])?;
             self.inner.write_all(b".")?;

@@ -292,3 +292,158 @@ fn last_tracks_highest_accessed() {
         .collect();
     assert_eq!(lasts, vec!["+OK 0", "+OK 2", "+OK 0"]);
 }
+
+/// Hides the wire fast path from a mailbox: it must then use `begin` and `Write`.
+struct NoWire<'a>(&'a mut dyn RetrieveSink);
+
+impl Write for NoWire<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl RetrieveSink for NoWire<'_> {
+    fn begin(&mut self) -> io::Result<()> {
+        self.0.begin()
+    }
+}
+
+/// A mailbox served through the classic path only.
+struct Classic(Box<dyn Mailbox>);
+
+impl Mailbox for Classic {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+    fn size(&self, i: usize) -> u64 {
+        self.0.size(i)
+    }
+    fn uidl(&self, i: usize) -> &str {
+        self.0.uidl(i)
+    }
+    fn retrieve(
+        &mut self,
+        i: usize,
+        body_lines: Option<u64>,
+        sink: &mut dyn RetrieveSink,
+    ) -> Result<(), RetrieveError> {
+        self.0.retrieve(i, body_lines, &mut NoWire(sink))
+    }
+    fn commit(&mut self, d: &[bool], r: &[bool]) -> Result<CommitSummary, MailboxError> {
+        self.0.commit(d, r)
+    }
+}
+
+fn mbox_session(mbox: &mut dyn Mailbox, script: &[u8], chunk: usize) -> (Vec<u8>, SessionReport) {
+    let mut input = ScriptedInput::new(script, chunk);
+    let mut out = Vec::new();
+    let report = run(mbox, &mut input, &mut out, &SessionConfig::default());
+    (out, report)
+}
+
+/// An mbox with small messages, dot lines, quoted `From ` lines and one message larger
+/// than the session's output buffer.
+fn test_mbox() -> Vec<u8> {
+    let mut d = Vec::new();
+    for i in 0..40 {
+        d.extend_from_slice(
+            format!("From a{i}\nStatus: RO\nSubject: m{i}\n\n.dot\n>From q\nbody {i}\n\n")
+                .as_bytes(),
+        );
+    }
+    d.extend_from_slice(b"From big\nSubject: big\n\n");
+    for i in 0..40_000 {
+        d.extend_from_slice(format!(".{i} a line of the large message\n").as_bytes());
+    }
+    d.extend_from_slice(b"\nFrom last\nSubject: unterminated");
+    d
+}
+
+#[test]
+fn wire_path_sessions_match_the_classic_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mbox");
+    std::fs::write(&path, test_mbox()).unwrap();
+    let opts = crate::mailbox::OpenOptions::with_state_dir(dir.path().join("state"));
+    let open = || crate::mbox::MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+    let mut script = b"STAT\r\nLIST\r\nUIDL\r\n".to_vec();
+    for i in 1..=42 {
+        script.extend_from_slice(format!("RETR {i}\r\nTOP {i} 1\r\nLIST {i}\r\n").as_bytes());
+    }
+    script.extend_from_slice(b"TOP 41 0\r\nRETR 43\r\nbogus\r\nQUIT\r\n");
+    let (want, _) = mbox_session(&mut Classic(Box::new(open())), &script, 4096);
+    assert!(want.len() > 2 * OUT_CHUNK);
+    for chunk in [1, 7, 100, 4096] {
+        let (got, r) = mbox_session(&mut open(), &script, chunk);
+        assert!(got == want, "chunk {chunk}: outputs differ");
+        assert!(matches!(r.end, EndReason::Quit));
+        assert_eq!(r.retrieved, 42);
+    }
+}
+
+#[test]
+fn changed_mbox_message_is_a_clean_err_with_no_staged_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mbox");
+    let data = test_mbox();
+    std::fs::write(&path, &data).unwrap();
+    let opts = crate::mailbox::OpenOptions::with_state_dir(dir.path().join("state"));
+    let mut m = crate::mbox::MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+    // Same length, one header byte changed in message 2.
+    let at = data
+        .windows(13)
+        .position(|w| w == b"Subject: m1\n\n")
+        .unwrap();
+    let mut changed = data.clone();
+    changed[at] = b's';
+    std::fs::write(&path, &changed).unwrap();
+    let (out, r) = mbox_session(&mut m, b"RETR 1\r\nRETR 2\r\nNOOP\r\nQUIT\r\n", 4096);
+    let out = String::from_utf8(out).unwrap();
+    let second = out.split("\r\n.\r\n").nth(1).unwrap();
+    assert_eq!(
+        second,
+        "-ERR message was removed by another client\r\n+OK\r\n+OK popspool signing off (42 messages left)\r\n"
+    );
+    assert!(matches!(r.end, EndReason::Quit));
+}
+
+/// A mailbox that stages a response, then fails its check without cancelling.
+struct ForgetsToCancel;
+
+impl Mailbox for ForgetsToCancel {
+    fn count(&self) -> usize {
+        1
+    }
+    fn size(&self, _i: usize) -> u64 {
+        3
+    }
+    fn uidl(&self, _i: usize) -> &str {
+        "u"
+    }
+    fn retrieve(
+        &mut self,
+        _i: usize,
+        _n: Option<u64>,
+        sink: &mut dyn RetrieveSink,
+    ) -> Result<(), RetrieveError> {
+        let w = sink.wire().unwrap();
+        w.start();
+        w.buf().extend_from_slice(b"x\r\n");
+        Err(RetrieveError::BeforeStart(MailboxError::MessageGone))
+    }
+    fn commit(&mut self, _d: &[bool], _r: &[bool]) -> Result<CommitSummary, MailboxError> {
+        Ok(CommitSummary::default())
+    }
+}
+
+#[test]
+fn a_failed_check_never_lets_a_staged_ok_out() {
+    let (out, _) = mbox_session(&mut ForgetsToCancel, b"RETR 1\r\nQUIT\r\n", 4096);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "+OK \r\n-ERR message was removed by another client\r\n+OK popspool signing off (1 messages left)\r\n"
+    );
+}
