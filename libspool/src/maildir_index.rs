@@ -832,3 +832,352 @@ pub enum BuildError {
     /// More names than [`MAX_ARENA_LEN`] holds.
     Full,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(ino: u64, m: i64, c: i64) -> DirStamp {
+        DirStamp {
+            dev: 1,
+            ino,
+            mtime: (m, 5),
+            ctime: (c, 7),
+        }
+    }
+
+    fn sizes(crlf: u64, lf: u64) -> Sizes {
+        Sizes {
+            crlf_size: crlf,
+            stat: StatKey {
+                lf_len: lf,
+                mtime: (1_700_000_000, 123),
+            },
+        }
+    }
+
+    fn names(l: &Listing) -> Vec<String> {
+        l.recs
+            .iter()
+            .map(|r| String::from_utf8_lossy(l.name(r)).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_record_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 16);
+    }
+
+    #[test]
+    fn listing_order_dedup_and_sizes() {
+        let mut l = Listing::default();
+        for (name, cur) in [
+            ("1700000002.M1P1.h", false),
+            ("1700000001.M5P1.h:2,RS", true),
+            ("junk", true),
+            ("1700000001.M0P1.h", false),
+            ("999.M1.h", false),
+            ("1700000001.M5P1.h", false),
+        ] {
+            l.push(name.as_bytes(), cur).expect("push");
+        }
+        l.sort_dedup();
+        assert_eq!(
+            names(&l),
+            [
+                "999.M1.h",
+                "1700000001.M0P1.h",
+                "1700000001.M5P1.h:2,RS",
+                "1700000002.M1P1.h",
+                "junk"
+            ]
+        );
+        assert!(l.recs[2].in_cur());
+        // By name: ,S= equals the measured length.
+        let mut l = Listing::default();
+        l.push(b"1.M1.h,S=4", false).expect("push");
+        l.push(b"2.M1.h,S=5", false).expect("push");
+        l.push(b"3.M1.h", true).expect("push");
+        assert!(l.set_sizes(0, sizes(6, 4)));
+        assert!(l.set_sizes(1, sizes(6, 4)));
+        assert!(l.set_sizes(2, sizes(1 << 39, 1 << 38)));
+        assert!(!l.set_sizes(2, sizes(MAX_RECORD_SIZE + 1, 1 << 40)));
+        assert!(l.recs[0].sized() && !l.recs[0].by_stat());
+        assert!(l.recs[1].by_stat() && l.recs[2].by_stat());
+        assert_eq!(l.stat_key(1), Some(sizes(6, 4).stat));
+        assert_eq!(l.recs[2].size(), 1 << 39);
+        // A newer measurement replaces the key, sorted or not yet.
+        assert!(l.set_sizes(2, sizes(9, 8)));
+        assert_eq!(l.stat_key(2), Some(sizes(9, 8).stat));
+        assert!(l.set_sizes(2, sizes(10, 9)));
+        assert!(l.set_sizes(2, sizes(11, 10)));
+        assert_eq!(l.stat_key(2), Some(sizes(11, 10).stat));
+        assert!(l.set_sizes(1, sizes(7, 5)));
+        assert!(!l.recs[1].by_stat(), "now ,S= matches");
+        l.unsize(2);
+        assert!(!l.recs[2].sized() && !l.recs[2].by_stat());
+        assert_eq!(l.push(&vec![b'x'; 70_000], false), Err(ListingFull));
+    }
+
+    #[test]
+    fn folder_validity_and_racy_stamps() {
+        let t = 1_700_000_000;
+        let now = stamp(9, t - 10, t - 10);
+        let h = |stamps| IndexHeader {
+            scan_start: (t, 0),
+            stamps,
+        };
+        let cases: &[(Option<DirStamp>, Option<DirStamp>, bool)] = &[
+            (Some(now), Some(now), true),
+            // Changed mtime, ctime or inode.
+            (Some(now), Some(stamp(9, t - 9, t - 10)), false),
+            (Some(now), Some(stamp(9, t - 10, t - 9)), false),
+            (Some(now), Some(stamp(8, t - 10, t - 10)), false),
+            (None, Some(now), false),
+            (Some(now), None, false),
+            // Identical, but modified within RACY_WINDOW of the scan (or after it).
+            (
+                Some(stamp(9, t - 1, t - 10)),
+                Some(stamp(9, t - 1, t - 10)),
+                false,
+            ),
+            (
+                Some(stamp(9, t - 10, t - 2)),
+                Some(stamp(9, t - 10, t - 2)),
+                false,
+            ),
+            (
+                Some(stamp(9, t + 5, t + 5)),
+                Some(stamp(9, t + 5, t + 5)),
+                false,
+            ),
+            (
+                Some(stamp(9, t - 3, t - 3)),
+                Some(stamp(9, t - 3, t - 3)),
+                true,
+            ),
+        ];
+        for (i, &(rec, cur, want)) in cases.iter().enumerate() {
+            assert_eq!(h([rec, None]).folder_valid(0, cur), want, "case {i}");
+            assert_eq!(h([None, rec]).folder_valid(1, cur), want, "case {i}");
+        }
+    }
+
+    fn sample(dir: &Path) -> (PathBuf, IndexHeader, Listing) {
+        let p = dir.join("x.index");
+        let header = IndexHeader {
+            scan_start: (1_700_000_100, 42),
+            stamps: [Some(stamp(3, 1_700_000_000, 1_700_000_001)), None],
+        };
+        let mut l = Listing::default();
+        l.push(b"1.M1.h,S=4", false).expect("push");
+        l.push(b"2.M1.h:2,S", true).expect("push");
+        l.push(b"3.M1.h", false).expect("push");
+        l.set_sizes(0, sizes(6, 4));
+        l.set_sizes(1, sizes(9, 8));
+        (p, header, l)
+    }
+
+    fn read_all(p: &Path) -> Result<(IndexHeader, Vec<OldRec<'static>>), IndexError> {
+        let mut r = IndexReader::open(p)?.expect("exists");
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_rec()? {
+            let name: &'static [u8] = Box::leak(rec.name.to_vec().into_boxed_slice());
+            out.push(OldRec { name, ..rec });
+        }
+        Ok((r.header, out))
+    }
+
+    #[test]
+    fn index_round_trip() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (p, header, mut l) = sample(d.path());
+        write_index(&p, &header, &mut l).expect("write");
+        assert_eq!(fs::metadata(&p).expect("stat").mode() & 0o777, INDEX_MODE);
+        assert!(!tmp_path(&p).exists());
+        let (h, recs) = read_all(&p).expect("valid");
+        assert_eq!(h, header);
+        assert_eq!(
+            recs,
+            [
+                OldRec {
+                    name: b"1.M1.h,S=4",
+                    in_cur: false,
+                    size: Some(6),
+                    stat: None
+                },
+                OldRec {
+                    name: b"2.M1.h:2,S",
+                    in_cur: true,
+                    size: Some(9),
+                    stat: Some(sizes(9, 8).stat)
+                },
+                OldRec {
+                    name: b"3.M1.h",
+                    in_cur: false,
+                    size: None,
+                    stat: None
+                },
+            ]
+        );
+        assert!(IndexReader::open(&d.path().join("none"))
+            .expect("missing is fine")
+            .is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (p, header, mut l) = sample(d.path());
+        write_index(&p, &header, &mut l).expect("write");
+        let good = fs::read(&p).expect("read");
+        let bad = d.path().join("bad.index");
+        for cut in 0..good.len() {
+            fs::write(&bad, &good[..cut]).expect("write");
+            assert!(read_all(&bad).is_err(), "cut at {cut}");
+        }
+        for at in 0..good.len() {
+            let mut b = good.clone();
+            b[at] ^= 0x10;
+            fs::write(&bad, &b).expect("write");
+            assert!(read_all(&bad).is_err(), "flip at {at}");
+        }
+        fs::write(&bad, [&good[..], b"x"].concat()).expect("write");
+        assert!(read_all(&bad).is_err(), "trailing byte");
+        fs::write(&bad, b"popspool-maildir-sizes 1\nend 0 x\n").expect("write");
+        assert!(matches!(read_all(&bad), Err(IndexError::OldFormat)));
+        fs::remove_file(&bad).expect("rm");
+        fs::create_dir(&bad).expect("mkdir");
+        assert!(matches!(read_all(&bad), Err(IndexError::Corrupt(_))));
+    }
+
+    /// An index for `recs` (name, in_cur, size, lf) with the given stamps.
+    fn index_of(p: &Path, recs: &[(&str, bool, Option<u64>)], stamps: [Option<DirStamp>; 2]) {
+        let mut l = Listing::default();
+        for (i, &(name, cur, size)) in recs.iter().enumerate() {
+            l.push(name.as_bytes(), cur).expect("push");
+            if let Some(s) = size {
+                l.set_sizes(i, sizes(s, s - 1));
+            }
+        }
+        l.sort_dedup();
+        let header = IndexHeader {
+            scan_start: (1_700_000_100, 0),
+            stamps,
+        };
+        write_index(p, &header, &mut l).expect("write");
+    }
+
+    #[test]
+    fn build_merges_sizes_and_keeps_unchanged_folders() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.index");
+        let (sn, sc) = (
+            stamp(1, 1_700_000_000, 1_700_000_000),
+            stamp(2, 1_700_000_000, 1_700_000_000),
+        );
+        index_of(
+            &p,
+            &[
+                ("10.A", false, Some(11)),
+                ("20.B", false, Some(21)),
+                ("30.C", false, None),
+                ("5.D:2,S", true, Some(6)),
+            ],
+            [Some(sn), Some(sc)],
+        );
+        // new/ changed: B moved to... no, cur/ is unchanged, so new/ lost A and gained E.
+        let mut ix = IndexReader::open(&p).expect("ok");
+        let new_now = stamp(1, 1_700_000_050, 1_700_000_050);
+        let mut reads = Vec::new();
+        let (l, report) = build_listing(ix.as_mut(), [Some(new_now), Some(sc)], |d, l| {
+            reads.push(d);
+            for n in ["40.E", "20.B", "30.C"] {
+                l.push(n.as_bytes(), false).expect("push");
+            }
+            Ok(())
+        })
+        .expect("build");
+        assert_eq!(reads, [0]);
+        assert_eq!(report.from_index, [false, true]);
+        assert_eq!(names(&l), ["5.D:2,S", "20.B", "30.C", "40.E"]);
+        let got: Vec<Option<u64>> = l.recs.iter().map(|r| r.sized().then(|| r.size())).collect();
+        assert_eq!(got, [Some(6), Some(21), None, None]);
+
+        // Both folders changed: B was moved to cur/ and keeps its size; a copy left in new/
+        // (seen by both reads) is listed once, at its cur/ name.
+        let mut ix = IndexReader::open(&p).expect("ok");
+        let (l, report) = build_listing(ix.as_mut(), [Some(new_now), None], |d, l| {
+            let names: &[&str] = if d == 0 {
+                &["20.B"]
+            } else {
+                &["20.B:2,S", "10.A:2,"]
+            };
+            for n in names {
+                l.push(n.as_bytes(), d == 1).expect("push");
+            }
+            Ok(())
+        })
+        .expect("build");
+        assert_eq!(report.from_index, [false, false]);
+        assert_eq!(names(&l), ["10.A:2,", "20.B:2,S"]);
+        let got: Vec<(bool, u64)> = l.recs.iter().map(|r| (r.in_cur(), r.size())).collect();
+        assert_eq!(got, [(true, 11), (true, 21)]);
+
+        // A damaged index is reported, not half-used.
+        let mut bytes = fs::read(&p).expect("read");
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        fs::write(&p, &bytes).expect("write");
+        let mut ix = IndexReader::open(&p).expect("header ok");
+        let r = build_listing(ix.as_mut(), [Some(sn), Some(sc)], |_, _| Ok(()));
+        assert!(matches!(r, Err(BuildError::Index(IndexError::Corrupt(_)))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_read_without_panic(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            magic in proptest::prelude::any::<bool>(),
+        ) {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join("r.index");
+            let bytes = if magic { [&INDEX_MAGIC[..], &tail].concat() } else { tail };
+            fs::write(&p, &bytes).expect("write");
+            let _ = read_all(&p);
+        }
+
+        #[test]
+        fn round_trips(entries in proptest::collection::btree_map(
+            "[0-9]{1,12}\\.[!-.0-9;-~]{1,30}(:2,[A-Z]{0,4})?",
+            (proptest::prelude::any::<bool>(), proptest::option::of(0u64..1 << 40), 0u64..3),
+            0..30)) {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join("c.index");
+            let mut l = Listing::default();
+            for (i, (name, &(cur, size, extra))) in entries.iter().enumerate() {
+                l.push(name.as_bytes(), cur).expect("push");
+                if let Some(lf) = size {
+                    l.set_sizes(i, Sizes {
+                        crlf_size: lf + extra,
+                        stat: StatKey { lf_len: lf, mtime: (i as i64 - 3, 999_999_999) },
+                    });
+                }
+            }
+            let header = IndexHeader { scan_start: (-1, 0), stamps: [None, None] };
+            write_index(&p, &header, &mut l).expect("write");
+            let (h, recs) = read_all(&p).expect("valid");
+            proptest::prop_assert_eq!(h, header);
+            proptest::prop_assert_eq!(recs.len(), l.recs.len());
+            for (i, old) in recs.iter().enumerate() {
+                let r = l.recs[i];
+                proptest::prop_assert_eq!(old.name, l.name(&r));
+                proptest::prop_assert_eq!(old.in_cur, r.in_cur());
+                proptest::prop_assert_eq!(old.size, r.sized().then(|| r.size()));
+                if r.by_stat() {
+                    proptest::prop_assert_eq!(old.stat, l.stat_key(i));
+                }
+            }
+        }
+    }
+}
