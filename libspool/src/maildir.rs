@@ -6,13 +6,19 @@
 //! * **Fast path.** A missing directory, or one whose `new/` and `cur/` hold no message file,
 //!   is served by [`EmptyMailbox`]: no session lock, nothing created. Most POP3 checks find no
 //!   mail, and creating state files for them would litter every home directory.
-//! * **One readdir each.** After the session lock, `new/` and `cur/` are each read once; `tmp/`
-//!   is never read (files there are still being delivered). Dot-files and anything that is not
-//!   a regular file (directories, symlinks, FIFOs) are skipped using `d_type` where the file
-//!   system provides it, so no per-entry `stat` is needed for the listing.
+//! * **At most one read of each folder.** After the session lock, `new/` and `cur/` are each
+//!   read at most once, with `getdents64` into one name arena ([`crate::maildir_dirent`],
+//!   [`crate::maildir_index::Listing`]); `tmp/` is never read (files there are still being
+//!   delivered). Dot-files and anything that is not a regular file (directories, symlinks,
+//!   FIFOs) are skipped using `d_type` where the file system provides it, so no per-entry
+//!   `stat` is needed. A folder whose identity, mtime and ctime are those recorded in the
+//!   index, and were already settled when it was recorded, is not read at all: its listing
+//!   comes from the index (see [`crate::maildir_index`] for the racy-timestamp rule). New
+//!   mail, moves and deletions change the folder's mtime and are always seen.
 //! * **Order.** Oldest first by the leading decimal timestamp of the file name
 //!   (`1700000000.M1P2.host`), ties by unique part; no `stat`. A name without a leading number
-//!   sorts last (its age is unknown, and [`OpenOptions::max_messages`] presents the oldest).
+//!   sorts last (its age is unknown, and [`OpenOptions::max_messages`] presents the oldest);
+//!   a number beyond `u32` (after 2106, or not a time) sorts just before those.
 //! * **UIDL** is the unique part of the file name (everything before the first `:`), exactly as
 //!   qmail-pop3d does, so clients moving from qmail-pop3d do not download everything again. It
 //!   never changes when flags change. If it is not a valid RFC 1939 UIDL (longer than
@@ -28,12 +34,13 @@
 //!   file not ending in LF is measured instead. Without `,W=` the size is computed with
 //!   [`canon::measure`] by reading the file. `,S=NNN` is the size as stored (LF endings), never
 //!   the POP3 size; it is only a sanity check of `,W=`.
-//! * **Size cache.** Every size that took reading the file is kept in the state directory
-//!   ([`crate::maildir_index`], at `state_paths(..).index`) and believed at the next session
-//!   when `,S=` or an `lstat` shows the stored file unchanged, so a warm session on a Courier,
-//!   qmail or procmail Maildir (no `,W=`) opens no message file. It is loaded and rewritten
-//!   (only if it changed) under the session lock, right after the scan; a damaged cache is a
-//!   warning and a rebuild, never a failed session.
+//! * **Index.** The listing and every size found are kept in the state directory
+//!   ([`crate::maildir_index`], at `state_paths(..).index`). A size is believed at the next
+//!   session when `,S=` or an `lstat` shows the stored file unchanged, so a warm session on a
+//!   Courier, qmail or procmail Maildir (no `,W=`) opens no message file, and one on a
+//!   Dovecot Maildir does not open each file to check its `,W=`. It is loaded and rewritten
+//!   (only if something changed) under the session lock; a damaged index is a warning and a
+//!   rebuild, never a failed session. Messages beyond `max_messages` stay in the index.
 //! * **Vanishing messages.** Another client may delete a message or move it from `new/` to
 //!   `cur/` (or change its flags) at any time. A message not found where it was listed is looked
 //!   for once in `cur/` by its unique part; still gone, RETR answers a clean `-ERR`
@@ -434,7 +441,12 @@ fn open_at(
         .min(MAX_MESSAGES);
     let mut moved = HashMap::new();
     let (changed, view) = size_view(&folders, &mut listing, view, &mut moved, &mut warnings)?;
-    if changed || !had_index || report.from_index != [true, true] {
+    // Rewritten when it holds something new, or when a folder read again has settled since
+    // it was recorded (the next session then need not read it); a folder still racy would
+    // be read again next time whatever the index says.
+    let settles =
+        (0..2).any(|d| !report.from_index[d] && stamps[d].is_some_and(|s| s.settled(scan_start)));
+    if changed || !had_index || report.unchanged != [true, true] || settles {
         let header = IndexHeader { scan_start, stamps };
         // Still under the session lock; a failure only costs the next session a full scan.
         if let Err(e) = maildir_index::write_index(&paths.index, &header, &mut listing) {
@@ -1210,8 +1222,17 @@ mod tests {
         let (mb, report) = open_at(&f.md, &f.opts(), SystemTime::now()).expect("open");
         assert_eq!((mb.count(), report.from_index), (1, [false, false]));
         drop(mb);
+        let index = state_paths(&f.state, &f.md).index;
+        let ino = |p: &Path| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let first = ino(&index).expect("written");
         let (_, report) = open_at(&f.md, &f.opts(), SystemTime::now()).expect("open");
         assert_eq!(report.from_index, [false, false], "racy: read again");
+        assert_eq!(report.unchanged, [true, true]);
+        assert_eq!(
+            ino(&index).expect("kept"),
+            first,
+            "same listing, still racy: not rewritten"
+        );
         // Once a session ran long enough after the last change, the next one trusts it.
         let (_, report) = f.open_later();
         assert_eq!(report.from_index, [false, false], "stamped at a racy time");

@@ -363,7 +363,7 @@ impl DirStamp {
     }
 
     /// Not racy: both timestamps older than `scan_start - RACY_WINDOW`.
-    fn settled(&self, scan_start: (i64, u32)) -> bool {
+    pub fn settled(&self, scan_start: (i64, u32)) -> bool {
         let window = i64::try_from(RACY_WINDOW.as_secs()).unwrap_or(i64::MAX);
         let limit = (scan_start.0.saturating_sub(window), scan_start.1);
         self.mtime < limit && self.ctime < limit
@@ -736,6 +736,8 @@ pub fn write_index(path: &Path, header: &IndexHeader, listing: &mut Listing) -> 
 pub struct ScanReport {
     /// Folders (`new/`, `cur/`) taken from the index without reading them.
     pub from_index: [bool; 2],
+    /// Folders whose listing is exactly what the index holds (read or not).
+    pub unchanged: [bool; 2],
 }
 
 /// Builds the listing of a Maildir from what `read_folder` returns for folders that must be
@@ -761,11 +763,19 @@ pub fn build_listing(
         }
     }
     let fresh = listing.recs.len();
+    let mut fresh_n = [0usize; 2];
+    for r in &listing.recs {
+        fresh_n[usize::from(r.in_cur())] += 1;
+    }
+    let mut old_n = [0usize; 2];
+    let mut exact = [0usize; 2];
     listing.sort_from(0);
+    let had_index = index.is_some();
     if let Some(ix) = index {
         let mut j = 0;
         while let Some(old) = ix.next_rec().map_err(BuildError::Index)? {
             let d = usize::from(old.in_cur);
+            old_n[d] += 1;
             if valid[d] {
                 let i = listing
                     .push(old.name, old.in_cur)
@@ -775,7 +785,6 @@ pub fn build_listing(
                 }
                 continue;
             }
-            let Some(size) = old.size else { continue };
             let old_ts = leading_timestamp(old.name);
             let old_unique = unique_part(old.name);
             let before = |l: &Listing, r: &Rec| {
@@ -792,7 +801,13 @@ pub fn build_listing(
                 && listing.recs[k].ts == old_ts
                 && listing.unique(&listing.recs[k]) == old_unique
             {
-                carry(&mut listing, k, size, old.stat);
+                let r = listing.recs[k];
+                if r.in_cur() == old.in_cur && listing.name(&r) == old.name {
+                    exact[d] += 1;
+                }
+                if let Some(size) = old.size {
+                    carry(&mut listing, k, size, old.stat);
+                }
                 k += 1;
             }
         }
@@ -800,7 +815,15 @@ pub fn build_listing(
     // Two sorted runs when folders came from both sources: cheap for pattern-defeating sort.
     listing.sort_dedup();
     listing.shrink();
-    Ok((listing, ScanReport { from_index: valid }))
+    let unchanged =
+        [0, 1].map(|d| valid[d] || (had_index && old_n[d] == fresh_n[d] && exact[d] == fresh_n[d]));
+    Ok((
+        listing,
+        ScanReport {
+            from_index: valid,
+            unchanged,
+        },
+    ))
 }
 
 fn carry(listing: &mut Listing, i: usize, size: u64, stat: Option<StatKey>) {
@@ -1100,6 +1123,7 @@ mod tests {
         .expect("build");
         assert_eq!(reads, [0]);
         assert_eq!(report.from_index, [false, true]);
+        assert_eq!(report.unchanged, [false, true]);
         assert_eq!(names(&l), ["5.D:2,S", "20.B", "30.C", "40.E"]);
         let got: Vec<Option<u64>> = l.recs.iter().map(|r| r.sized().then(|| r.size())).collect();
         assert_eq!(got, [Some(6), Some(21), None, None]);
@@ -1120,6 +1144,7 @@ mod tests {
         })
         .expect("build");
         assert_eq!(report.from_index, [false, false]);
+        assert_eq!(report.unchanged, [false, false]);
         assert_eq!(names(&l), ["10.A:2,", "20.B:2,S"]);
         let got: Vec<(bool, u64)> = l.recs.iter().map(|r| (r.in_cur(), r.size())).collect();
         assert_eq!(got, [(true, 11), (true, 21)]);
