@@ -57,7 +57,7 @@
 
 use crate::canon::{self, CanonOptions};
 use crate::error::{io_err, MailboxError};
-use crate::limits::{MAX_MESSAGES, MAX_UIDL_LEN};
+use crate::limits::MAX_MESSAGES;
 use crate::lock::SessionLock;
 use crate::mailbox::{
     state_paths, CommitSummary, EmptyMailbox, Mailbox, OpenOptions, RetrieveError, RetrieveSink,
@@ -86,10 +86,7 @@ const FALLBACK_PREFIX: &str = "sha256:";
 
 /// `None` when the unique part is a valid UIDL as is; else the documented fallback.
 fn fallback_uidl(unique: &[u8]) -> Option<Box<str>> {
-    let valid = !unique.is_empty()
-        && unique.len() <= MAX_UIDL_LEN
-        && unique.iter().all(|&b| (0x21..=0x7e).contains(&b));
-    if valid {
+    if maildir_index::plain_uidl(unique) {
         return None;
     }
     let digest = Sha256::digest(unique);
@@ -459,9 +456,10 @@ fn open_at(
     let mut fallbacks = Vec::new();
     for i in 0..view {
         let r = listing.recs[i];
-        if let Some(u) = fallback_uidl(listing.unique(&r)) {
-            listing.recs[i].flags |= F_FALLBACK;
-            fallbacks.push((r.key(), u));
+        if r.flags & F_FALLBACK != 0 {
+            if let Some(u) = fallback_uidl(listing.unique(&r)) {
+                fallbacks.push((r.key(), u));
+            }
         }
     }
     fallbacks.sort_unstable_by_key(|f| f.0);
@@ -668,6 +666,7 @@ impl Mailbox for Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_UIDL_LEN;
     use crate::maildir_index::leading_timestamp;
     use std::collections::BTreeSet;
     use std::ffi::OsStr;

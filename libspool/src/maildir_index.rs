@@ -72,7 +72,8 @@ pub const F_CUR: u8 = 1;
 pub const F_SIZED: u8 = 2;
 /// Record flag: the size is validated by `lstat` (length and mtime kept aside).
 pub const F_STAT: u8 = 4;
-/// In memory only: the UIDL is a `sha256:` fallback.
+/// In memory only: the unique part is not a valid UIDL, so the UIDL is a `sha256:` fallback.
+/// Decided when the name is pushed, while its bytes are in the cache.
 pub const F_FALLBACK: u8 = 8;
 const DISK_FLAGS: u8 = F_CUR | F_SIZED | F_STAT;
 
@@ -164,6 +165,13 @@ pub fn unique_part(name: &[u8]) -> &[u8] {
         Some(i) => &name[..i],
         None => name,
     }
+}
+
+/// Is the unique part a valid RFC 1939 UIDL as it is (1-70 octets of 0x21-0x7E)?
+pub fn plain_uidl(unique: &[u8]) -> bool {
+    !unique.is_empty()
+        && unique.len() <= crate::limits::MAX_UIDL_LEN
+        && unique.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
 /// Compares the unique parts of two names without first finding their `:` (a `memchr` per
@@ -261,7 +269,12 @@ impl Listing {
             ts: leading_timestamp(name),
             size_lo: 0,
             size_hi: 0,
-            flags: if in_cur { F_CUR } else { 0 },
+            flags: if in_cur { F_CUR } else { 0 }
+                | if plain_uidl(unique_part(name)) {
+                    0
+                } else {
+                    F_FALLBACK
+                },
             len,
         });
         Ok(self.recs.len() - 1)
