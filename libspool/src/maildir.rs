@@ -234,15 +234,15 @@ fn size_view(
     let mut changed = false;
     let mut vanished = Vec::new();
     let mut gone = Vec::new();
+    let mut todo: Vec<u32> = Vec::new();
     for i in 0..view {
         let r = listing.recs[i];
         if r.sized() && !r.by_stat() {
             continue;
         }
-        let dir = f.dir(r.in_cur()).ok();
         if r.sized() {
-            let still = match (listing.stat_key(i), dir) {
-                (Some(key), Some(dir)) => stat_matches(dir, listing.name(&r), &key),
+            let still = match (listing.stat_key(i), f.dir(r.in_cur())) {
+                (Some(key), Ok(dir)) => stat_matches(dir, listing.name(&r), &key),
                 _ => false,
             };
             if still {
@@ -251,19 +251,22 @@ fn size_view(
             listing.unsize(i);
             changed = true;
         }
-        let sizes = match dir {
-            Some(dir) => measure(dir, listing.name(&r))?,
-            None => None,
-        };
-        match sizes {
-            Some(s) => {
-                changed = true;
-                if !listing.set_sizes(i, s) {
-                    warnings.push(too_large(listing.name(&r)));
-                    gone.push(i);
+        // `view` is at most MAX_MESSAGES, a u32.
+        todo.push(u32::try_from(i).unwrap_or(u32::MAX));
+    }
+    for batch in todo.chunks(MEASURE_BATCH) {
+        for (i, sizes) in measure_batch(f, listing, batch)? {
+            let i = i as usize;
+            match sizes {
+                Some(s) => {
+                    changed = true;
+                    if !listing.set_sizes(i, s) {
+                        warnings.push(too_large(listing.name(&listing.recs[i])));
+                        gone.push(i);
+                    }
                 }
+                None => vanished.push(i),
             }
-            None => vanished.push(i),
         }
     }
     if !vanished.is_empty() {
@@ -310,6 +313,55 @@ fn size_view(
         !drop
     });
     Ok((true, view - gone.len()))
+}
+
+/// Messages measured per batch: bounds the results held at once (about 100 KiB).
+pub const MEASURE_BATCH: usize = 4096;
+/// Threads that measure a cold Maildir: reading every message is CPU work (counting line
+/// ends) plus open/fstat/close, and it parallelises; more than a few only contend.
+pub const MAX_MEASURE_THREADS: usize = 4;
+/// Below this many messages to measure, threads cost more than they save.
+pub const PARALLEL_MEASURE_MIN: usize = 256;
+
+/// Measures the messages `batch` (listing indices) names, on up to [`MAX_MEASURE_THREADS`]
+/// threads; results in `batch` order. The first error wins, as in a sequential loop.
+fn measure_batch(
+    f: &Folders,
+    listing: &Listing,
+    batch: &[u32],
+) -> Result<Vec<(u32, Option<Sizes>)>, MailboxError> {
+    let one = |i: u32| -> Result<(u32, Option<Sizes>), MailboxError> {
+        let r = &listing.recs[i as usize];
+        let sizes = match f.dir(r.in_cur()) {
+            Ok(dir) => measure(dir, listing.name(r))?,
+            Err(_) => None,
+        };
+        Ok((i, sizes))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_MEASURE_THREADS);
+    if threads < 2 || batch.len() < PARALLEL_MEASURE_MIN {
+        return batch.iter().map(|&i| one(i)).collect();
+    }
+    let per = batch.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = batch
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(|&i| one(i)).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(batch.len());
+        for w in workers {
+            // A panicking worker is a bug, never input-driven; fail the session cleanly.
+            let part = w.join().map_err(|_| {
+                MailboxError::Io("measure messages", io::Error::other("worker failed"))
+            })?;
+            for r in part {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    })
 }
 
 fn too_large(name: &[u8]) -> String {
@@ -1305,6 +1357,50 @@ mod tests {
         assert_eq!(measured, warm);
         fs::remove_file(state_paths(&f.state, &f.md).index).expect("rm");
         assert_eq!(sizes(&*f.open()), measured);
+    }
+
+    #[test]
+    fn parallel_measurement_matches_each_file() {
+        let f = Fixture::new();
+        let n = PARALLEL_MEASURE_MIN * 3 + 7;
+        let mut want = Vec::new();
+        for i in 0..n {
+            let body = b"l\n\r\nx".repeat(i % 13);
+            let sub = if i % 4 == 0 { "cur" } else { "new" };
+            f.put(&format!("{sub}/{}.M{i}.h", 1_700_000_000 + i), &body);
+            let mut src: &[u8] = &body;
+            want.push(
+                canon::measure(&mut src, body.len() as u64, CanonOptions::PLAIN).expect("measure"),
+            );
+        }
+        // One vanishes between the listing and the measurement: dropped, order kept.
+        let mut listing = Listing::default();
+        for i in 0..n {
+            let sub_cur = i % 4 == 0;
+            let name = format!("{}.M{i}.h", 1_700_000_000 + i);
+            listing.push(name.as_bytes(), sub_cur).expect("push");
+        }
+        fs::remove_file(f.md.join(format!("new/{}.M1.h", 1_700_000_001))).expect("rm");
+        want.remove(1);
+        let folders = Folders {
+            root: f.md.clone(),
+            dirs: [
+                Dir::open(&f.md.join("new")).expect("open"),
+                Dir::open(&f.md.join("cur")).expect("open"),
+            ],
+        };
+        let (changed, view) = size_view(
+            &folders,
+            &mut listing,
+            n,
+            &mut HashMap::new(),
+            &mut Vec::new(),
+        )
+        .expect("size");
+        assert!(changed);
+        assert_eq!(view, n - 1);
+        let got: Vec<u64> = listing.recs.iter().map(|r| r.size()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -324,14 +324,17 @@ impl Listing {
         }
     }
 
-    /// The `lstat` key of a record sized with [`F_STAT`].
-    pub fn stat_key(&mut self, i: usize) -> Option<StatKey> {
-        self.sort_stats();
+    /// The `lstat` key of a record sized with [`F_STAT`]. Never sorts: a session looks up
+    /// only keys carried from the index (sorted when the listing was built) while it adds
+    /// new ones, and re-sorting per lookup would be quadratic.
+    pub fn stat_key(&self, i: usize) -> Option<StatKey> {
         let key = self.recs[i].off;
-        self.stats
-            .binary_search_by_key(&key, |s| s.0)
-            .ok()
-            .map(|j| self.stats[j].1)
+        let (sorted, tail) = self.stats.split_at(self.stats_sorted);
+        // A key is in one part only: `set_sizes` updates a sorted one in place.
+        match sorted.binary_search_by_key(&key, |s| s.0) {
+            Ok(j) => Some(sorted[j].1),
+            Err(_) => tail.iter().rev().find(|s| s.0 == key).map(|s| s.1),
+        }
     }
 
     /// Listing order: oldest first by leading timestamp, ties by unique part, the `cur/` copy
