@@ -24,6 +24,24 @@ pub const PROBE_BUF_LEN: usize = 16 * 1024;
 /// Offset of `d_name` in a `dirent64`: `d_ino` (8), `d_off` (8), `d_reclen` (2), `d_type` (1).
 const D_NAME_OFFSET: usize = 19;
 
+/// Names shorter than this are made NUL-terminated on the stack: no allocation per `openat`,
+/// `unlinkat` or `fstatat` (`NAME_MAX` is 255 on every Linux file system).
+const STACK_NAME_LEN: usize = 256;
+
+/// Calls `f` with `name` as a C string; a name containing NUL cannot exist (`InvalidInput`).
+fn with_cstr<T>(name: &[u8], f: impl FnOnce(&std::ffi::CStr) -> io::Result<T>) -> io::Result<T> {
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    if name.len() < STACK_NAME_LEN {
+        let mut buf = [0u8; STACK_NAME_LEN];
+        buf[..name.len()].copy_from_slice(name);
+        let c = std::ffi::CStr::from_bytes_with_nul(&buf[..=name.len()]).map_err(|_| invalid())?;
+        f(c)
+    } else {
+        let c = CString::new(name).map_err(|_| invalid())?;
+        f(&c)
+    }
+}
+
 /// An open directory (`O_DIRECTORY`, `O_CLOEXEC`).
 #[derive(Debug)]
 pub struct Dir {
@@ -128,7 +146,10 @@ impl Dir {
 
     /// `fstatat(AT_SYMLINK_NOFOLLOW)` of an entry.
     pub fn lstat(&self, name: &[u8]) -> io::Result<libc::stat> {
-        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        with_cstr(name, |c| self.lstat_c(c))
+    }
+
+    fn lstat_c(&self, c: &std::ffi::CStr) -> io::Result<libc::stat> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: fd is an open directory, `c` a NUL-terminated name, `st` writable stat space.
         let r = unsafe {
@@ -149,7 +170,10 @@ impl Dir {
     /// Opens an entry for reading. `O_NOFOLLOW`: a message is a regular file, never a link
     /// out of the Maildir; `O_NONBLOCK`: a FIFO swapped in after the listing cannot hang.
     pub fn open_file(&self, name: &[u8]) -> io::Result<File> {
-        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        with_cstr(name, |c| self.open_file_c(c))
+    }
+
+    fn open_file_c(&self, c: &std::ffi::CStr) -> io::Result<File> {
         // SAFETY: fd is an open directory and `c` a NUL-terminated name.
         let fd = unsafe {
             libc::openat(
@@ -167,32 +191,34 @@ impl Dir {
 
     /// Removes an entry (`unlinkat`): one path component to resolve, not the whole path.
     pub fn unlink(&self, name: &[u8]) -> io::Result<()> {
-        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: fd is an open directory and `c` a NUL-terminated name.
-        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        with_cstr(name, |c| {
+            // SAFETY: fd is an open directory and `c` a NUL-terminated name.
+            if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
     }
 
     /// Renames entry `from` of this directory to `to` in `dir` (atomic within a file system).
     pub fn rename_to(&self, from: &[u8], dir: &Dir, to: &[u8]) -> io::Result<()> {
-        let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
-        let a = CString::new(from).map_err(invalid)?;
-        let b = CString::new(to).map_err(invalid)?;
-        // SAFETY: both fds are open directories and both names NUL-terminated.
-        let r = unsafe {
-            libc::renameat(
-                self.fd.as_raw_fd(),
-                a.as_ptr(),
-                dir.fd.as_raw_fd(),
-                b.as_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        with_cstr(from, |a| {
+            with_cstr(to, |b| {
+                // SAFETY: both fds are open directories and both names NUL-terminated.
+                let r = unsafe {
+                    libc::renameat(
+                        self.fd.as_raw_fd(),
+                        a.as_ptr(),
+                        dir.fd.as_raw_fd(),
+                        b.as_ptr(),
+                    )
+                };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        })
     }
 }
 
@@ -219,6 +245,20 @@ mod tests {
         })
         .expect("read");
         out
+    }
+
+    #[test]
+    fn names_of_any_length_and_nul() {
+        for (name, ok) in [
+            (b"a".to_vec(), true),
+            (vec![b'x'; STACK_NAME_LEN - 1], true),
+            (vec![b'x'; STACK_NAME_LEN], true),
+            (vec![b'y'; 1000], true),
+            (b"a\0b".to_vec(), false),
+        ] {
+            let r = with_cstr(&name, |c| Ok(c.to_bytes().to_vec()));
+            assert_eq!(r.ok(), ok.then(|| name.clone()), "{}", name.len());
+        }
     }
 
     #[test]
