@@ -20,6 +20,7 @@ pub mod lock;
 pub mod log;
 pub mod mailbox;
 pub mod maildir;
+pub mod maildir_dirent;
 pub mod maildir_index;
 pub mod mbox;
 pub mod pop3;

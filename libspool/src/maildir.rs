@@ -6,13 +6,19 @@
 //! * **Fast path.** A missing directory, or one whose `new/` and `cur/` hold no message file,
 //!   is served by [`EmptyMailbox`]: no session lock, nothing created. Most POP3 checks find no
 //!   mail, and creating state files for them would litter every home directory.
-//! * **One readdir each.** After the session lock, `new/` and `cur/` are each read once; `tmp/`
-//!   is never read (files there are still being delivered). Dot-files and anything that is not
-//!   a regular file (directories, symlinks, FIFOs) are skipped using `d_type` where the file
-//!   system provides it, so no per-entry `stat` is needed for the listing.
+//! * **At most one read of each folder.** After the session lock, `new/` and `cur/` are each
+//!   read at most once, with `getdents64` into one name arena ([`crate::maildir_dirent`],
+//!   [`crate::maildir_index::Listing`]); `tmp/` is never read (files there are still being
+//!   delivered). Dot-files and anything that is not a regular file (directories, symlinks,
+//!   FIFOs) are skipped using `d_type` where the file system provides it, so no per-entry
+//!   `stat` is needed. A folder whose identity, mtime and ctime are those recorded in the
+//!   index, and were already settled when it was recorded, is not read at all: its listing
+//!   comes from the index (see [`crate::maildir_index`] for the racy-timestamp rule). New
+//!   mail, moves and deletions change the folder's mtime and are always seen.
 //! * **Order.** Oldest first by the leading decimal timestamp of the file name
 //!   (`1700000000.M1P2.host`), ties by unique part; no `stat`. A name without a leading number
-//!   sorts last (its age is unknown, and [`OpenOptions::max_messages`] presents the oldest).
+//!   sorts last (its age is unknown, and [`OpenOptions::max_messages`] presents the oldest);
+//!   a number beyond `u32` (after 2106, or not a time) sorts just before those.
 //! * **UIDL** is the unique part of the file name (everything before the first `:`), exactly as
 //!   qmail-pop3d does, so clients moving from qmail-pop3d do not download everything again. It
 //!   never changes when flags change. If it is not a valid RFC 1939 UIDL (longer than
@@ -28,12 +34,13 @@
 //!   file not ending in LF is measured instead. Without `,W=` the size is computed with
 //!   [`canon::measure`] by reading the file. `,S=NNN` is the size as stored (LF endings), never
 //!   the POP3 size; it is only a sanity check of `,W=`.
-//! * **Size cache.** Every size that took reading the file is kept in the state directory
-//!   ([`crate::maildir_index`], at `state_paths(..).index`) and believed at the next session
-//!   when `,S=` or an `lstat` shows the stored file unchanged, so a warm session on a Courier,
-//!   qmail or procmail Maildir (no `,W=`) opens no message file. It is loaded and rewritten
-//!   (only if it changed) under the session lock, right after the scan; a damaged cache is a
-//!   warning and a rebuild, never a failed session.
+//! * **Index.** The listing and every size found are kept in the state directory
+//!   ([`crate::maildir_index`], at `state_paths(..).index`). A size is believed at the next
+//!   session when `,S=` or an `lstat` shows the stored file unchanged, so a warm session on a
+//!   Courier, qmail or procmail Maildir (no `,W=`) opens no message file, and one on a
+//!   Dovecot Maildir does not open each file to check its `,W=`. It is loaded and rewritten
+//!   (only if something changed) under the session lock; a damaged index is a warning and a
+//!   rebuild, never a failed session. Messages beyond `max_messages` stay in the index.
 //! * **Vanishing messages.** Another client may delete a message or move it from `new/` to
 //!   `cur/` (or change its flags) at any time. A message not found where it was listed is looked
 //!   for once in `cur/` by its unique part; still gone, RETR answers a clean `-ERR`
@@ -50,20 +57,25 @@
 
 use crate::canon::{self, CanonOptions};
 use crate::error::{io_err, MailboxError};
-use crate::limits::{MAX_MESSAGES, MAX_UIDL_LEN};
+use crate::limits::MAX_MESSAGES;
 use crate::lock::SessionLock;
 use crate::mailbox::{
     state_paths, CommitSummary, EmptyMailbox, Mailbox, OpenOptions, RetrieveError, RetrieveSink,
 };
-use crate::maildir_index::{self, SizeCache};
+use crate::maildir_dirent::{Dir, DIRENT_BUF_LEN, PROBE_BUF_LEN};
+use crate::maildir_index::{
+    self, build_listing, BuildError, DirStamp, IndexError, IndexHeader, IndexReader, Listing,
+    ScanReport, Sizes, F_FALLBACK,
+};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::maildir_index::{name_field, unique_part};
 
 /// Bytes of SHA-256 shown (as hex) in a fallback UIDL: 160 bits make an accidental collision
 /// impossible in practice, and `sha256:` plus 40 hex digits is well under 70 octets.
@@ -72,78 +84,9 @@ pub const FALLBACK_HASH_BYTES: usize = 20;
 /// Marks a fallback UIDL; contains `:`, which no real unique part does.
 const FALLBACK_PREFIX: &str = "sha256:";
 
-/// One listed message. Kept small: a large Maildir holds one of these per message.
-#[derive(Debug)]
-struct Entry {
-    /// The file name (not valid UTF-8 in general).
-    name: Box<[u8]>,
-    in_cur: bool,
-    /// Canonical size, filled in after listing.
-    size: u64,
-    /// Set only when the unique part is not itself a valid UIDL.
-    fallback_uidl: Option<Box<str>>,
-}
-
-impl Entry {
-    fn path(&self, root: &Path) -> PathBuf {
-        root.join(if self.in_cur { "cur" } else { "new" })
-            .join(OsStr::from_bytes(&self.name))
-    }
-
-    fn unique(&self) -> &[u8] {
-        unique_part(&self.name)
-    }
-}
-
-/// The unique part of a Maildir file name: everything before the first `:`.
-fn unique_part(name: &[u8]) -> &[u8] {
-    match memchr::memchr(b':', name) {
-        Some(i) => &name[..i],
-        None => name,
-    }
-}
-
-/// The delivery time at the start of a name; unknown (no leading digit) sorts last.
-fn leading_timestamp(name: &[u8]) -> u64 {
-    let digits = name.iter().take_while(|b| b.is_ascii_digit());
-    let mut any = false;
-    let mut t: u64 = 0;
-    for &d in digits {
-        any = true;
-        t = t.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-    }
-    if any {
-        t
-    } else {
-        u64::MAX
-    }
-}
-
-/// The value of a `,K=digits` field in the unique part (Courier/Dovecot `,S=` and `,W=`).
-fn name_field(unique: &[u8], key: u8) -> Option<u64> {
-    unique
-        .split(|&b| b == b',')
-        .skip(1)
-        .find_map(|field| match field {
-            [k, b'=', digits @ ..] if *k == key && !digits.is_empty() => {
-                digits.iter().try_fold(0u64, |acc, &d| {
-                    if d.is_ascii_digit() {
-                        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                    } else {
-                        None
-                    }
-                })
-            }
-            _ => None,
-        })
-}
-
 /// `None` when the unique part is a valid UIDL as is; else the documented fallback.
 fn fallback_uidl(unique: &[u8]) -> Option<Box<str>> {
-    let valid = !unique.is_empty()
-        && unique.len() <= MAX_UIDL_LEN
-        && unique.iter().all(|&b| (0x21..=0x7e).contains(&b));
-    if valid {
+    if maildir_index::plain_uidl(unique) {
         return None;
     }
     let digest = Sha256::digest(unique);
@@ -176,102 +119,53 @@ fn seen_name(name: &[u8], in_cur: bool) -> Option<Vec<u8>> {
     Some(n)
 }
 
-/// Opens a message file for reading. `O_NOFOLLOW`: a message is a regular file, never a link
-/// out of the Maildir; `O_NONBLOCK`: a FIFO swapped in after readdir cannot hang the session.
-fn open_message(path: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
+/// `new/` and `cur/` of a Maildir, opened once: every later file operation resolves one path
+/// component (`openat`, `unlinkat`, `renameat`) instead of the whole path.
+#[derive(Debug)]
+struct Folders {
+    root: PathBuf,
+    /// `new/`, `cur/`; `None` if missing.
+    dirs: [Option<Dir>; 2],
 }
 
-/// Is this directory entry a message candidate? Uses `d_type` when the file system gives it
-/// (std falls back to `lstat` only when it does not).
-fn is_message_entry(entry: &fs::DirEntry) -> io::Result<bool> {
-    if entry.file_name().as_bytes().first() == Some(&b'.') {
-        return Ok(false);
+fn not_found() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
+}
+
+impl Folders {
+    fn dir(&self, in_cur: bool) -> io::Result<&Dir> {
+        self.dirs[usize::from(in_cur)]
+            .as_ref()
+            .ok_or_else(not_found)
     }
-    Ok(entry.file_type()?.is_file())
-}
 
-/// Calls `f` for each message entry of `dir`, stopping early when it returns false.
-/// A missing directory has no entries.
-fn for_each_message(
-    dir: &Path,
-    mut f: impl FnMut(&fs::DirEntry) -> bool,
-) -> Result<(), MailboxError> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(MailboxError::Io("read the Maildir", e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(io_err("read the Maildir"))?;
-        match is_message_entry(&entry) {
-            Ok(true) => {
-                if !f(&entry) {
-                    break;
-                }
+    /// Current file names in `cur/`, keyed by unique part, of the messages in `wanted`: one
+    /// read of `cur/` however many are looked for.
+    fn find_in_cur(&self, wanted: &[&[u8]]) -> Result<NamesByUnique, MailboxError> {
+        // A set: after a mass move by another client, `wanted` can be as large as cur/.
+        let wanted: HashSet<&[u8]> = wanted.iter().copied().collect();
+        let mut found = HashMap::new();
+        // Opened afresh: the folder may have been replaced since the session began.
+        crate::maildir_dirent::for_each_file(&self.root.join("cur"), DIRENT_BUF_LEN, |name| {
+            let unique = unique_part(name);
+            if wanted.contains(&unique) {
+                found.insert(Box::from(unique), Box::from(name));
             }
-            Ok(false) => {}
-            // Removed between readdir and lstat (file systems without d_type).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(MailboxError::Io("read the Maildir", e)),
-        }
+            true
+        })
+        .map_err(io_err("read the Maildir"))?;
+        Ok(found)
     }
-    Ok(())
-}
-
-fn has_message(dir: &Path) -> Result<bool, MailboxError> {
-    let mut found = false;
-    for_each_message(dir, |_| {
-        found = true;
-        false
-    })?;
-    Ok(found)
 }
 
 /// Current file names in `cur/`, keyed by unique part.
 type NamesByUnique = HashMap<Box<[u8]>, Box<[u8]>>;
 
-/// One readdir of `cur/` for the current names of messages whose unique parts are `wanted`.
-fn find_in_cur(root: &Path, wanted: &[&[u8]]) -> Result<NamesByUnique, MailboxError> {
-    // A set: after a mass deletion by another client, `wanted` can be as large as cur/.
-    let wanted: HashSet<&[u8]> = wanted.iter().copied().collect();
-    let mut found = HashMap::new();
-    for_each_message(&root.join("cur"), |entry| {
-        let name = entry.file_name();
-        let name = name.as_bytes();
-        let unique = unique_part(name);
-        if wanted.contains(&unique) {
-            found.insert(Box::from(unique), Box::from(name));
-        }
-        true
-    })?;
-    Ok(found)
-}
-
-/// How a message's size was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Measured {
-    /// From a plausible `,W=`: cheap every time, never cached.
-    Named(u64),
-    /// By reading the whole file: worth caching.
-    Read(maildir_index::Sizes),
-}
-
-impl Measured {
-    fn size(self) -> u64 {
-        match self {
-            Measured::Named(s) => s,
-            Measured::Read(s) => s.crlf_size,
-        }
-    }
-}
-
-/// The exact canonical size of a message, or `None` if it vanished.
-fn measure_entry(root: &Path, e: &Entry) -> Result<Option<Measured>, MailboxError> {
-    let mut file = match open_message(&e.path(root)) {
+/// The exact canonical size of a message, with what validates it next time, or `None` if it
+/// vanished. A plausible `,W=` saves reading the whole file but still costs an open, so its
+/// result is kept in the index like a measured size.
+fn measure(dir: &Dir, name: &[u8]) -> Result<Option<Sizes>, MailboxError> {
+    let mut file = match dir.open_file(name) {
         Ok(f) => f,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(MailboxError::Io("open a message", err)),
@@ -281,7 +175,7 @@ fn measure_entry(root: &Path, e: &Entry) -> Result<Option<Measured>, MailboxErro
         return Ok(None);
     }
     let len = meta.len();
-    let unique = e.unique();
+    let unique = unique_part(name);
     let stored_ok = !matches!(name_field(unique, b'S'), Some(s) if s != len);
     if let Some(w) = name_field(unique, b'W') {
         if stored_ok && len > 0 && w >= len && w <= len.saturating_mul(2) {
@@ -290,28 +184,25 @@ fn measure_entry(root: &Path, e: &Entry) -> Result<Option<Measured>, MailboxErro
                 .read_at(&mut last, len - 1)
                 .map_err(io_err("read a message"))?;
             if n == 1 && last[0] == b'\n' {
-                return Ok(Some(Measured::Named(w)));
+                return Ok(Some(maildir_index::sizes_of(&meta, w)));
             }
         }
     }
     let size =
         canon::measure(&mut file, len, CanonOptions::PLAIN).map_err(io_err("read a message"))?;
-    Ok(Some(Measured::Read(maildir_index::sizes_of(&meta, size))))
+    Ok(Some(maildir_index::sizes_of(&meta, size)))
 }
 
-/// The size of `e` from the cache if it still holds, else measured (and cached when that
-/// took a read); `None` if the message vanished.
-fn size_entry(root: &Path, e: &Entry, cache: &mut SizeCache) -> Result<Option<u64>, MailboxError> {
-    let unique = e.unique();
-    let path = e.path(root);
-    if let Some(size) = maildir_index::cached_size(cache, unique, name_field(unique, b'S'), &path) {
-        return Ok(Some(size));
+/// Does `lstat` still show the file as it was measured?
+fn stat_matches(dir: &Dir, name: &[u8], key: &maildir_index::StatKey) -> bool {
+    match dir.lstat(name) {
+        Ok(st) => {
+            st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && u64::try_from(st.st_size).ok() == Some(key.lf_len)
+                && (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)) == key.mtime
+        }
+        Err(_) => false,
     }
-    let m = measure_entry(root, e)?;
-    if let Some(Measured::Read(sizes)) = m {
-        cache.insert(unique, sizes);
-    }
-    Ok(m.map(Measured::size))
 }
 
 /// Lets `canon::copy` write into a sink without trait upcasting (MSRV 1.80).
@@ -329,181 +220,395 @@ impl Write for SinkWriter<'_> {
     }
 }
 
-/// Fills in every entry's size; one that vanished since the listing is looked for once in
-/// `cur/` (another client may have moved it) and dropped if it is gone.
-fn size_entries(
-    path: &Path,
-    entries: &mut Vec<Entry>,
-    cache: &mut SizeCache,
-) -> Result<(), MailboxError> {
+/// Makes sure the first `view` messages are sized: believed from the index when still valid,
+/// else measured. A message that vanished since the listing is looked for once in `cur/`
+/// (another client may have moved it) and dropped if it is gone. Returns whether anything
+/// changed that the index should record, and the new `view`.
+fn size_view(
+    f: &Folders,
+    listing: &mut Listing,
+    view: usize,
+    moved: &mut HashMap<u32, Box<[u8]>>,
+    warnings: &mut Vec<String>,
+) -> Result<(bool, usize), MailboxError> {
+    let mut changed = false;
     let mut vanished = Vec::new();
-    for (i, e) in entries.iter_mut().enumerate() {
-        match size_entry(path, e, cache)? {
-            Some(size) => e.size = size,
-            None => vanished.push(i),
+    let mut gone = Vec::new();
+    let mut todo: Vec<u32> = Vec::new();
+    for i in 0..view {
+        let r = listing.recs[i];
+        if r.sized() && !r.by_stat() {
+            continue;
+        }
+        if r.sized() {
+            let still = match (listing.stat_key(i), f.dir(r.in_cur())) {
+                (Some(key), Ok(dir)) => stat_matches(dir, listing.name(&r), &key),
+                _ => false,
+            };
+            if still {
+                continue;
+            }
+            listing.unsize(i);
+            changed = true;
+        }
+        // `view` is at most MAX_MESSAGES, a u32.
+        todo.push(u32::try_from(i).unwrap_or(u32::MAX));
+    }
+    for batch in todo.chunks(MEASURE_BATCH) {
+        for (i, sizes) in measure_batch(f, listing, batch)? {
+            let i = i as usize;
+            match sizes {
+                Some(s) => {
+                    changed = true;
+                    if !listing.set_sizes(i, s) {
+                        warnings.push(too_large(listing.name(&listing.recs[i])));
+                        gone.push(i);
+                    }
+                }
+                None => vanished.push(i),
+            }
         }
     }
     if !vanished.is_empty() {
-        let wanted: Vec<&[u8]> = vanished.iter().map(|&i| entries[i].unique()).collect();
-        let found = find_in_cur(path, &wanted)?;
-        let mut gone = vec![false; entries.len()];
+        changed = true;
+        let wanted: Vec<&[u8]> = vanished
+            .iter()
+            .map(|&i| listing.unique(&listing.recs[i]))
+            .collect();
+        let found = f.find_in_cur(&wanted)?;
         for &i in &vanished {
-            let e = &mut entries[i];
-            gone[i] = true;
-            if let Some(name) = found.get(e.unique()) {
-                e.name = name.clone();
-                e.in_cur = true;
-                if let Some(size) = size_entry(path, e, cache)? {
-                    e.size = size;
-                    gone[i] = false;
-                }
+            let r = listing.recs[i];
+            let sized = match (found.get(listing.unique(&r)), f.dir(true)) {
+                (Some(name), Ok(cur)) => match measure(cur, name)? {
+                    Some(s) => {
+                        moved.insert(r.key(), name.clone());
+                        if listing.set_sizes(i, s) {
+                            true
+                        } else {
+                            warnings.push(too_large(name));
+                            false
+                        }
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+            if !sized {
+                gone.push(i);
             }
         }
-        let mut keep = gone.iter().map(|g| !g);
-        entries.retain(|_| keep.next().unwrap_or(true));
     }
-    Ok(())
+    if gone.is_empty() {
+        return Ok((changed, view));
+    }
+    gone.sort_unstable();
+    let mut pos = 0;
+    let mut at = 0;
+    listing.recs.retain(|_| {
+        let drop = gone.get(pos) == Some(&at);
+        if drop {
+            pos += 1;
+        }
+        at += 1;
+        !drop
+    });
+    Ok((true, view - gone.len()))
+}
+
+/// Messages measured per batch: bounds the results held at once (about 100 KiB).
+pub const MEASURE_BATCH: usize = 4096;
+/// Threads that measure a cold Maildir: reading every message is CPU work (counting line
+/// ends) plus open/fstat/close, and it parallelises; more than a few only contend.
+pub const MAX_MEASURE_THREADS: usize = 4;
+/// Below this many messages to measure, threads cost more than they save.
+pub const PARALLEL_MEASURE_MIN: usize = 256;
+
+/// Measures the messages `batch` (listing indices) names, on up to [`MAX_MEASURE_THREADS`]
+/// threads; results in `batch` order. The first error wins, as in a sequential loop.
+fn measure_batch(
+    f: &Folders,
+    listing: &Listing,
+    batch: &[u32],
+) -> Result<Vec<(u32, Option<Sizes>)>, MailboxError> {
+    let one = |i: u32| -> Result<(u32, Option<Sizes>), MailboxError> {
+        let r = &listing.recs[i as usize];
+        let sizes = match f.dir(r.in_cur()) {
+            Ok(dir) => measure(dir, listing.name(r))?,
+            Err(_) => None,
+        };
+        Ok((i, sizes))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_MEASURE_THREADS);
+    if threads < 2 || batch.len() < PARALLEL_MEASURE_MIN {
+        return batch.iter().map(|&i| one(i)).collect();
+    }
+    let per = batch.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = batch
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(|&i| one(i)).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(batch.len());
+        for w in workers {
+            // A panicking worker is a bug, never input-driven; fail the session cleanly.
+            let part = w.join().map_err(|_| {
+                MailboxError::Io("measure messages", io::Error::other("worker failed"))
+            })?;
+            for r in part {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn too_large(name: &[u8]) -> String {
+    format!(
+        "Maildir message {} is larger than {} octets: not listed",
+        String::from_utf8_lossy(name),
+        maildir_index::MAX_RECORD_SIZE
+    )
 }
 
 /// A Maildir opened for one session, holding its session lock until dropped.
 #[derive(Debug)]
 struct Maildir {
-    root: PathBuf,
-    entries: Vec<Entry>,
+    folders: Folders,
+    /// Every message of both folders in listing order; the session presents `recs[..view]`.
+    listing: Listing,
+    view: usize,
+    /// Fallback UIDLs by `Rec::key`, sorted (rare: only odd or over-long unique parts).
+    fallbacks: Vec<(u32, Box<str>)>,
+    /// Messages found in `cur/` under another name after the listing, by `Rec::key`.
+    moved: HashMap<u32, Box<[u8]>>,
     mark_seen: bool,
     warnings: Vec<String>,
     _lock: SessionLock,
 }
 
+fn has_message(dir: &Path) -> Result<bool, MailboxError> {
+    let mut found = false;
+    crate::maildir_dirent::for_each_file(dir, PROBE_BUF_LEN, |_| {
+        found = true;
+        false
+    })
+    .map_err(io_err("read the Maildir"))?;
+    Ok(found)
+}
+
 /// Opens a Maildir for a session: fast path when missing or empty (no lock, nothing created).
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, MailboxError> {
+    open_at(path, opts, SystemTime::now()).map(|(mb, _)| mb)
+}
+
+/// [`open`] with the scan's start time given (before any folder is examined), so that tests
+/// can make a listing old enough to be believed; also says which folders were not read.
+fn open_at(
+    path: &Path,
+    opts: &OpenOptions,
+    now: SystemTime,
+) -> Result<(Box<dyn Mailbox>, ScanReport), MailboxError> {
     match fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MailboxError::NotAMailbox(path.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Box::new(EmptyMailbox)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((Box::new(EmptyMailbox), ScanReport::default()))
+        }
         Err(e) => return Err(MailboxError::Io("open the Maildir", e)),
     }
     if !has_message(&path.join("new"))? && !has_message(&path.join("cur"))? {
-        return Ok(Box::new(EmptyMailbox));
+        return Ok((Box::new(EmptyMailbox), ScanReport::default()));
     }
     let paths = state_paths(&opts.state_dir, path);
     let lock = SessionLock::acquire(&paths.session_lock, opts.session_lock_wait)?;
 
-    let mut entries = Vec::new();
-    for in_cur in [false, true] {
-        let dir = path.join(if in_cur { "cur" } else { "new" });
-        for_each_message(&dir, |entry| {
-            entries.push(Entry {
-                name: Box::from(entry.file_name().as_bytes()),
-                in_cur,
-                size: 0,
-                fallback_uidl: None,
-            });
-            true
-        })?;
-    }
-    entries.sort_unstable_by(|a, b| {
-        leading_timestamp(&a.name)
-            .cmp(&leading_timestamp(&b.name))
-            .then_with(|| a.unique().cmp(b.unique()))
-            .then_with(|| b.in_cur.cmp(&a.in_cur))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    // Equal unique parts are adjacent with the cur/ copy first: keep that one.
-    entries.dedup_by(|later, kept| later.unique() == kept.unique());
-
-    let mut warnings = Vec::new();
-    let (mut cache, problem) = SizeCache::load(&paths.index);
-    warnings.extend(problem);
-    if !cache.is_empty() {
-        // Pruned against the whole listing, not the max_messages view: messages not shown
-        // this time keep their sizes for the session that shows them.
-        let present: HashSet<&[u8]> = entries.iter().map(Entry::unique).collect();
-        cache.retain_present(&present);
-    }
-    entries.truncate(opts.max_messages.unwrap_or(usize::MAX).min(MAX_MESSAGES));
-
-    size_entries(path, &mut entries, &mut cache)?;
-    // After the scan, still under the session lock; a failure only costs the next session
-    // a read of each message.
-    if let Err(e) = cache.write_if_dirty(&paths.index) {
-        warnings.push(format!(
-            "could not write the Maildir size cache {}: {e}",
-            paths.index.display()
-        ));
-    }
-    drop(cache);
-    for e in &mut entries {
-        e.fallback_uidl = fallback_uidl(e.unique());
-    }
-    entries.shrink_to_fit();
-    Ok(Box::new(Maildir {
+    let scan_start = maildir_index::timestamp(now);
+    let sub = |d: usize| path.join(if d == 1 { "cur" } else { "new" });
+    // Stamped before they are read: a change after this is a change of stamp.
+    let stamps = [
+        DirStamp::of(&sub(0)).map_err(io_err("examine the Maildir"))?,
+        DirStamp::of(&sub(1)).map_err(io_err("examine the Maildir"))?,
+    ];
+    let folders = Folders {
         root: path.to_path_buf(),
-        entries,
-        mark_seen: opts.maildir_mark_seen,
-        warnings,
-        _lock: lock,
-    }))
+        dirs: [
+            Dir::open(&sub(0)).map_err(io_err("read the Maildir"))?,
+            Dir::open(&sub(1)).map_err(io_err("read the Maildir"))?,
+        ],
+    };
+    let mut warnings = Vec::new();
+    let index_warning =
+        |e: &IndexError| format!("Maildir index {}: {e}; rebuilt", paths.index.display());
+    let mut index = match IndexReader::open(&paths.index) {
+        Ok(ix) => ix,
+        Err(IndexError::OldFormat) => None,
+        Err(e) => {
+            warnings.push(index_warning(&e));
+            None
+        }
+    };
+    let mut had_index = index.is_some();
+    let read_folder = |d: usize, listing: &mut Listing| -> io::Result<()> {
+        let Some(dir) = &folders.dirs[d] else {
+            return Ok(());
+        };
+        let mut full = false;
+        dir.for_each_file(DIRENT_BUF_LEN, |name| {
+            full = listing.push(name, d == 1).is_err();
+            !full
+        })?;
+        if full {
+            return Err(io::Error::other("too many messages"));
+        }
+        Ok(())
+    };
+    let (mut listing, report) = loop {
+        match build_listing(index.as_mut(), stamps, read_folder) {
+            Ok(built) => break built,
+            Err(BuildError::Index(e)) => {
+                warnings.push(index_warning(&e));
+                index = None;
+                had_index = false;
+            }
+            Err(BuildError::Folder(e)) => return Err(MailboxError::Io("read the Maildir", e)),
+            Err(BuildError::Full) => {
+                return Err(MailboxError::Io(
+                    "read the Maildir",
+                    io::Error::other("too many messages"),
+                ))
+            }
+        }
+    };
+    drop(index);
+
+    let view = listing
+        .recs
+        .len()
+        .min(opts.max_messages.unwrap_or(usize::MAX))
+        .min(MAX_MESSAGES);
+    let mut moved = HashMap::new();
+    let (changed, view) = size_view(&folders, &mut listing, view, &mut moved, &mut warnings)?;
+    // Rewritten when it holds something new, or when a folder read again has settled since
+    // it was recorded (the next session then need not read it); a folder still racy would
+    // be read again next time whatever the index says.
+    let settles =
+        (0..2).any(|d| !report.from_index[d] && stamps[d].is_some_and(|s| s.settled(scan_start)));
+    if changed || !had_index || report.unchanged != [true, true] || settles {
+        let header = IndexHeader { scan_start, stamps };
+        // Still under the session lock; a failure only costs the next session a full scan.
+        if let Err(e) = maildir_index::write_index(&paths.index, &header, &mut listing) {
+            warnings.push(format!(
+                "could not write the Maildir index {}: {e}",
+                paths.index.display()
+            ));
+        }
+    }
+    let mut fallbacks = Vec::new();
+    for i in 0..view {
+        let r = listing.recs[i];
+        if r.flags & F_FALLBACK != 0 {
+            if let Some(u) = fallback_uidl(listing.unique(&r)) {
+                fallbacks.push((r.key(), u));
+            }
+        }
+    }
+    fallbacks.sort_unstable_by_key(|f| f.0);
+    Ok((
+        Box::new(Maildir {
+            folders,
+            listing,
+            view,
+            fallbacks,
+            moved,
+            mark_seen: opts.maildir_mark_seen,
+            warnings,
+            _lock: lock,
+        }),
+        report,
+    ))
 }
 
 impl Maildir {
+    /// Message `i`'s current name and whether it is in `cur/`.
+    fn current(&self, i: usize) -> (&[u8], bool) {
+        let r = &self.listing.recs[i];
+        match self.moved.get(&r.key()) {
+            Some(name) => (name, true),
+            None => (self.listing.name(r), r.in_cur()),
+        }
+    }
+
     /// Follows message `i` into `cur/` after it vanished from where it was listed.
     fn relocate(&mut self, i: usize) -> Result<bool, MailboxError> {
-        let e = &self.entries[i];
-        let found = find_in_cur(&self.root, &[e.unique()])?;
+        let r = self.listing.recs[i];
+        let found = self.folders.find_in_cur(&[self.listing.unique(&r)])?;
         match found.into_values().next() {
             Some(name) => {
-                let e = &mut self.entries[i];
-                e.name = name;
-                e.in_cur = true;
+                self.moved.insert(r.key(), name);
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
+    fn open_current(&self, i: usize) -> io::Result<File> {
+        let (name, in_cur) = self.current(i);
+        self.folders.dir(in_cur)?.open_file(name)
+    }
+
     fn open_for_retrieve(&mut self, i: usize) -> Result<File, MailboxError> {
-        match open_message(&self.entries[i].path(&self.root)) {
+        match self.open_current(i) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             other => return other.map_err(io_err("open a message")),
         }
         if !self.relocate(i)? {
             return Err(MailboxError::MessageGone);
         }
-        match open_message(&self.entries[i].path(&self.root)) {
+        match self.open_current(i) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Err(MailboxError::MessageGone),
             other => other.map_err(io_err("open a message")),
         }
     }
 
     /// Best effort: see the module documentation.
-    fn mark_seen(&self, e: &Entry) -> io::Result<()> {
-        let Some(new_name) = seen_name(&e.name, e.in_cur) else {
+    fn mark_seen(&self, i: usize) -> io::Result<()> {
+        let (name, in_cur) = self.current(i);
+        let Some(new_name) = seen_name(name, in_cur) else {
             return Ok(());
         };
-        let to = self.root.join("cur").join(OsStr::from_bytes(&new_name));
-        fs::rename(e.path(&self.root), to)
+        let from = self.folders.dir(in_cur)?;
+        from.rename_to(name, self.folders.dir(true)?, &new_name)
     }
 }
 
 impl Mailbox for Maildir {
     fn count(&self) -> usize {
-        self.entries.len()
+        self.view
     }
 
     fn size(&self, i: usize) -> u64 {
-        self.entries.get(i).map_or(0, |e| e.size)
+        if i < self.view {
+            self.listing.recs[i].size()
+        } else {
+            0
+        }
     }
 
     fn uidl(&self, i: usize) -> &str {
-        let Some(e) = self.entries.get(i) else {
+        if i >= self.view {
             return "";
-        };
-        match &e.fallback_uidl {
-            Some(u) => u,
-            // Checked at open: the unique part is 0x21-0x7E only, hence UTF-8.
-            None => std::str::from_utf8(e.unique()).unwrap_or(""),
         }
+        let r = &self.listing.recs[i];
+        if r.flags & F_FALLBACK != 0 {
+            return match self.fallbacks.binary_search_by_key(&r.key(), |f| f.0) {
+                Ok(j) => &self.fallbacks[j].1,
+                Err(_) => "",
+            };
+        }
+        // Checked at open: the unique part is 0x21-0x7E only, hence UTF-8.
+        std::str::from_utf8(self.listing.unique(r)).unwrap_or("")
     }
 
     fn retrieve(
@@ -512,7 +617,7 @@ impl Mailbox for Maildir {
         body_lines: Option<u64>,
         sink: &mut dyn RetrieveSink,
     ) -> Result<(), RetrieveError> {
-        if i >= self.entries.len() {
+        if i >= self.view {
             return Err(RetrieveError::BeforeStart(MailboxError::MessageGone));
         }
         let mut file = self
@@ -547,16 +652,12 @@ impl Mailbox for Maildir {
         let mut summary = CommitSummary::default();
         let mut first_err: Option<MailboxError> = None;
         let mut missing = Vec::new();
-        for (i, e) in self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| is_deleted(i))
-        {
-            match fs::remove_file(e.path(&self.root)) {
+        for i in (0..self.view).filter(|&i| is_deleted(i)) {
+            let (name, in_cur) = self.current(i);
+            match self.folders.dir(in_cur).and_then(|d| d.unlink(name)) {
                 Ok(()) => {
                     summary.deleted += 1;
-                    summary.deleted_bytes += e.size;
+                    summary.deleted_bytes += self.listing.recs[i].size();
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(i),
                 Err(err) => {
@@ -566,19 +667,21 @@ impl Mailbox for Maildir {
         }
         if !missing.is_empty() {
             // Moved to cur/ or re-flagged by another client, or already deleted by one.
-            let wanted: Vec<&[u8]> = missing.iter().map(|&i| self.entries[i].unique()).collect();
-            match find_in_cur(&self.root, &wanted) {
+            let wanted: Vec<&[u8]> = missing
+                .iter()
+                .map(|&i| self.listing.unique(&self.listing.recs[i]))
+                .collect();
+            match self.folders.find_in_cur(&wanted) {
                 Ok(found) => {
                     for &i in &missing {
-                        let e = &self.entries[i];
-                        let Some(name) = found.get(e.unique()) else {
+                        let r = &self.listing.recs[i];
+                        let Some(name) = found.get(self.listing.unique(r)) else {
                             continue;
                         };
-                        let path = self.root.join("cur").join(OsStr::from_bytes(name));
-                        match fs::remove_file(path) {
+                        match self.folders.dir(true).and_then(|d| d.unlink(name)) {
                             Ok(()) => {
                                 summary.deleted += 1;
-                                summary.deleted_bytes += e.size;
+                                summary.deleted_bytes += r.size();
                             }
                             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                             Err(err) => {
@@ -596,11 +699,11 @@ impl Mailbox for Maildir {
             return Err(err);
         }
         if self.mark_seen {
-            for (i, e) in self.entries.iter().enumerate() {
+            for i in 0..self.view {
                 if retrieved.get(i).copied().unwrap_or(false) && !is_deleted(i) {
                     // Advisory only: the mail is intact either way, and failing QUIT here would
                     // tell the client its deletions failed when they did not.
-                    let _ = self.mark_seen(e);
+                    let _ = self.mark_seen(i);
                 }
             }
         }
@@ -615,8 +718,13 @@ impl Mailbox for Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_UIDL_LEN;
+    use crate::maildir_index::leading_timestamp;
     use std::collections::BTreeSet;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
+    use std::time::Duration;
 
     use crate::mailbox::VecSink;
 
@@ -649,6 +757,19 @@ mod tests {
         fn open(&self) -> Box<dyn Mailbox> {
             open(&self.md, &self.opts()).expect("open")
         }
+        /// A session late enough that every folder stamp of earlier ones is settled.
+        fn open_later(&self) -> (Box<dyn Mailbox>, ScanReport) {
+            let later = SystemTime::now() + Duration::from_secs(3600);
+            open_at(&self.md, &self.opts(), later).expect("open")
+        }
+        /// Gives a folder an mtime far in the past, so that any change to it is a new mtime
+        /// whatever the timestamp granularity.
+        fn age(&self, sub: &str) {
+            let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+            File::open(self.md.join(sub))
+                .and_then(|d| d.set_modified(old))
+                .expect("utime");
+        }
         fn ls(&self, sub: &str) -> BTreeSet<String> {
             fs::read_dir(self.md.join(sub))
                 .expect("readdir")
@@ -672,12 +793,15 @@ mod tests {
         assert_eq!(unique_part(b":2,S"), b"");
         for (name, ts) in [
             ("1700000000.M1P2.h", 1_700_000_000),
-            ("x.1", u64::MAX),
-            ("", u64::MAX),
+            ("0004294967294.M1", u32::MAX - 1),
+            ("4294967295.M1", u32::MAX - 1),
+            ("x.1", u32::MAX),
+            ("", u32::MAX),
         ] {
             assert_eq!(leading_timestamp(name.as_bytes()), ts, "{name}");
         }
-        assert_eq!(leading_timestamp(&[b'9'; 40]), u64::MAX);
+        // Saturated: after 2106 or not a time, but still before names without one.
+        assert_eq!(leading_timestamp(&[b'9'; 40]), u32::MAX - 1);
         let fields: &[(&str, u8, Option<u64>)] = &[
             ("1.M2.h,S=1234,W=1260", b'S', Some(1234)),
             ("1.M2.h,S=1234,W=1260", b'W', Some(1260)),
@@ -880,37 +1004,37 @@ mod tests {
         assert_eq!(f.ls("cur"), set(&["3.M1.h:2,R"]));
     }
 
-    fn entry(name: &str, in_cur: bool) -> Entry {
-        Entry {
-            name: Box::from(name.as_bytes()),
-            in_cur,
-            size: 0,
-            fallback_uidl: None,
-        }
-    }
-
     #[test]
     fn vanished_between_listing_and_sizing_is_followed_or_dropped() {
         // The listing is stale: 2 moved to cur/ with flags, 3 was deleted.
         let f = Fixture::new();
         f.put("new/1.M1.h", b"a\n");
         f.put("cur/2.M1.h:2,S", b"bb\n");
-        let mut entries = vec![
-            entry("1.M1.h", false),
-            entry("2.M1.h", false),
-            entry("3.M1.h", false),
-        ];
-        let mut cache = SizeCache::default();
-        size_entries(&f.md, &mut entries, &mut cache).expect("size");
-        assert_eq!(cache.len(), 2, "both measured by reading");
-        let got: Vec<(&[u8], bool, u64)> = entries
+        let mut listing = Listing::default();
+        for name in ["1.M1.h", "2.M1.h", "3.M1.h"] {
+            listing.push(name.as_bytes(), false).expect("push");
+        }
+        let folders = Folders {
+            root: f.md.clone(),
+            dirs: [
+                Dir::open(&f.md.join("new")).expect("open"),
+                Dir::open(&f.md.join("cur")).expect("open"),
+            ],
+        };
+        let mut moved = HashMap::new();
+        let mut warnings = Vec::new();
+        let (changed, view) =
+            size_view(&folders, &mut listing, 3, &mut moved, &mut warnings).expect("size");
+        assert!(changed && warnings.is_empty());
+        assert_eq!(view, 2);
+        let got: Vec<(&[u8], u64)> = listing
+            .recs
             .iter()
-            .map(|e| (&*e.name, e.in_cur, e.size))
+            .map(|r| (listing.name(r), r.size()))
             .collect();
-        assert_eq!(
-            got,
-            [(&b"1.M1.h"[..], false, 3), (&b"2.M1.h:2,S"[..], true, 4)]
-        );
+        assert_eq!(got, [(&b"1.M1.h"[..], 3), (&b"2.M1.h"[..], 4)]);
+        let key = listing.recs[1].key();
+        assert_eq!(moved.get(&key).map(|n| &**n), Some(&b"2.M1.h:2,S"[..]));
     }
 
     #[test]
@@ -1046,6 +1170,21 @@ mod tests {
             .expect("utime");
     }
 
+    /// The records of the index, as (name, in_cur, size).
+    fn index_records(f: &Fixture) -> Vec<(String, bool, Option<u64>)> {
+        let index = state_paths(&f.state, &f.md).index;
+        let mut r = IndexReader::open(&index).expect("valid").expect("exists");
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_rec().expect("valid") {
+            out.push((
+                String::from_utf8_lossy(rec.name).into_owned(),
+                rec.in_cur,
+                rec.size,
+            ));
+        }
+        out
+    }
+
     #[test]
     fn a_warm_session_reads_no_message_file() {
         let f = Fixture::new();
@@ -1053,28 +1192,120 @@ mod tests {
         f.put("new/2.M1.h,S=4", b"c\nd\n");
         f.put("cur/3.M1.h:2,S", b"e\nf");
         f.put("new/4.M1.h,S=4,W=6", b"g\nh\n");
-        let cold = f.open();
+        let (cold, report) = f.open_later();
+        assert_eq!(report.from_index, [false, false]);
         assert_eq!(sizes(&*cold), [6, 6, 6, 6]);
         assert!(cold.warnings().is_empty(), "{:?}", cold.warnings());
         drop(cold);
         let index = state_paths(&f.state, &f.md).index;
-        let text = fs::read_to_string(&index).expect("cache written");
-        assert_eq!(text.lines().count(), 5, "header, 3 read, end: {text}");
-        assert!(!text.contains("4.M1.h"), "a plausible ,W= is never cached");
+        assert_eq!(
+            index_records(&f),
+            [
+                ("1.M1.h".to_owned(), false, Some(6)),
+                ("2.M1.h,S=4".to_owned(), false, Some(6)),
+                ("3.M1.h:2,S".to_owned(), true, Some(6)),
+                // A plausible ,W= still cost an open: kept too.
+                ("4.M1.h,S=4,W=6".to_owned(), false, Some(6)),
+            ]
+        );
         // Same lengths and mtimes, content that measures less: a reader would see it.
         forge(&f.md.join("new/1.M1.h"), b"abc\n");
         forge(&f.md.join("new/2.M1.h,S=4"), b"abc\n");
         forge(&f.md.join("cur/3.M1.h:2,S"), b"ab\n");
+        forge(&f.md.join("new/4.M1.h,S=4,W=6"), b"abc\n");
         let before = fs::metadata(&index)
             .and_then(|m| m.modified())
             .expect("stat");
-        let warm = f.open();
-        assert_eq!(sizes(&*warm), [6, 6, 6, 6], "sizes from the cache");
+        let (warm, report) = f.open_later();
+        assert_eq!(report.from_index, [true, true], "no folder read");
+        assert_eq!(sizes(&*warm), [6, 6, 6, 6], "sizes from the index");
+        assert_eq!(
+            uidls(&*warm),
+            ["1.M1.h", "2.M1.h,S=4", "3.M1.h", "4.M1.h,S=4,W=6"]
+        );
         drop(warm);
         let after = fs::metadata(&index)
             .and_then(|m| m.modified())
             .expect("stat");
-        assert_eq!(before, after, "an unchanged cache is not rewritten");
+        assert_eq!(before, after, "an unchanged index is not rewritten");
+    }
+
+    #[test]
+    fn new_mail_moves_and_deletions_are_always_seen() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\n");
+        f.put("new/2.M1.h", b"b\n");
+        f.put("cur/3.M1.h:2,S", b"c\n");
+        f.age("new");
+        f.age("cur");
+        assert_eq!(f.open_later().0.count(), 3);
+        assert_eq!(f.open_later().1.from_index, [true, true]);
+        // Delivered in the very tick the index was written: new/'s mtime changes anyway,
+        // because it was aged; only new/ is read again, cur/ still comes from the index.
+        f.put("new/4.M1.h", b"dd\n");
+        let (mb, report) = f.open_later();
+        assert_eq!(report.from_index, [false, true]);
+        assert_eq!(uidls(&*mb), ["1.M1.h", "2.M1.h", "3.M1.h", "4.M1.h"]);
+        assert_eq!(sizes(&*mb), [3, 3, 3, 4]);
+        drop(mb);
+        // Another client marks 1 seen and deletes 3.
+        f.age("new");
+        f.age("cur");
+        let (mb, _) = f.open_later();
+        drop(mb);
+        fs::rename(f.md.join("new/1.M1.h"), f.md.join("cur/1.M1.h:2,S")).expect("mv");
+        fs::remove_file(f.md.join("cur/3.M1.h:2,S")).expect("rm");
+        let (mb, report) = f.open_later();
+        assert_eq!(report.from_index, [false, false]);
+        assert_eq!(uidls(&*mb), ["1.M1.h", "2.M1.h", "4.M1.h"]);
+        let mut sink = VecSink::default();
+        let mut mb = mb;
+        mb.retrieve(0, None, &mut sink).expect("retr");
+        assert_eq!(sink.out, b"a\r\n");
+    }
+
+    #[test]
+    fn a_racy_listing_is_read_again() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\n");
+        // Sessions at the real time: the folders changed within RACY_WINDOW of the scan, so a
+        // delivery in the same timestamp tick could hide behind an unchanged mtime.
+        let (mb, report) = open_at(&f.md, &f.opts(), SystemTime::now()).expect("open");
+        assert_eq!((mb.count(), report.from_index), (1, [false, false]));
+        drop(mb);
+        let index = state_paths(&f.state, &f.md).index;
+        let ino = |p: &Path| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let first = ino(&index).expect("written");
+        let (_, report) = open_at(&f.md, &f.opts(), SystemTime::now()).expect("open");
+        assert_eq!(report.from_index, [false, false], "racy: read again");
+        assert_eq!(report.unchanged, [true, true]);
+        assert_eq!(
+            ino(&index).expect("kept"),
+            first,
+            "same listing, still racy: not rewritten"
+        );
+        // Once a session ran long enough after the last change, the next one trusts it.
+        let (_, report) = f.open_later();
+        assert_eq!(report.from_index, [false, false], "stamped at a racy time");
+        let (_, report) = f.open_later();
+        assert_eq!(report.from_index, [true, true]);
+    }
+
+    #[test]
+    fn a_replaced_folder_is_read_again() {
+        let f = Fixture::new();
+        f.put("new/1.M1.h", b"a\n");
+        f.age("new");
+        f.age("cur");
+        drop(f.open_later());
+        // Another folder with the same mtime: the inode differs.
+        fs::rename(f.md.join("new"), f.md.join("old-new")).expect("mv");
+        fs::create_dir(f.md.join("new")).expect("mkdir");
+        f.put("new/2.M1.h", b"b\n");
+        f.age("new");
+        let (mb, report) = f.open_later();
+        assert_eq!(report.from_index, [false, true]);
+        assert_eq!(uidls(&*mb), ["2.M1.h"]);
     }
 
     #[test]
@@ -1129,16 +1360,56 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_cache_is_a_warning_and_rebuilt() {
+    fn parallel_measurement_matches_each_file() {
+        let f = Fixture::new();
+        let n = PARALLEL_MEASURE_MIN * 3 + 7;
+        let mut want = Vec::new();
+        for i in 0..n {
+            let body = b"l\n\r\nx".repeat(i % 13);
+            let sub = if i % 4 == 0 { "cur" } else { "new" };
+            f.put(&format!("{sub}/{}.M{i}.h", 1_700_000_000 + i), &body);
+            let mut src: &[u8] = &body;
+            want.push(
+                canon::measure(&mut src, body.len() as u64, CanonOptions::PLAIN).expect("measure"),
+            );
+        }
+        // One vanishes between the listing and the measurement: dropped, order kept.
+        let mut listing = Listing::default();
+        for i in 0..n {
+            let sub_cur = i % 4 == 0;
+            let name = format!("{}.M{i}.h", 1_700_000_000 + i);
+            listing.push(name.as_bytes(), sub_cur).expect("push");
+        }
+        fs::remove_file(f.md.join(format!("new/{}.M1.h", 1_700_000_001))).expect("rm");
+        want.remove(1);
+        let folders = Folders {
+            root: f.md.clone(),
+            dirs: [
+                Dir::open(&f.md.join("new")).expect("open"),
+                Dir::open(&f.md.join("cur")).expect("open"),
+            ],
+        };
+        let (changed, view) = size_view(
+            &folders,
+            &mut listing,
+            n,
+            &mut HashMap::new(),
+            &mut Vec::new(),
+        )
+        .expect("size");
+        assert!(changed);
+        assert_eq!(view, n - 1);
+        let got: Vec<u64> = listing.recs.iter().map(|r| r.size()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_damaged_index_is_a_warning_and_rebuilt() {
         let f = Fixture::new();
         f.put("new/1.M1.h", b"a\nb\n");
         let index = state_paths(&f.state, &f.md).index;
         fs::create_dir_all(&f.state).expect("mkdir");
-        fs::write(
-            &index,
-            "popspool-maildir-sizes 1\n1.M1.h 4 0.000000000 99\nend 1 00\n",
-        )
-        .expect("write");
+        fs::write(&index, b"POPSPMD\x02 truncated garbage").expect("write");
         let mb = f.open();
         assert_eq!(sizes(&*mb), [6]);
         assert!(mb.warnings()[0].contains("rebuilt"), "{:?}", mb.warnings());
@@ -1147,7 +1418,28 @@ mod tests {
         assert!(mb.warnings().is_empty(), "{:?}", mb.warnings());
         assert_eq!(sizes(&*mb), [6]);
         drop(mb);
-        // The cache's name taken by a directory: sizes still right, a warning, no failure.
+        // A valid index whose last byte is damaged: found only after the records were
+        // streamed, and the session starts over without it.
+        let mut bytes = fs::read(&index).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&index, &bytes).expect("write");
+        let (mb, _) = f.open_later();
+        assert_eq!(sizes(&*mb), [6]);
+        assert_eq!(mb.warnings().len(), 1, "{:?}", mb.warnings());
+        drop(mb);
+        // The text cache of the earlier version: replaced silently.
+        fs::write(
+            &index,
+            "popspool-maildir-sizes 1\n1.M1.h 4 0.000000000 99\nend 1 00\n",
+        )
+        .expect("write");
+        let mb = f.open();
+        assert_eq!(sizes(&*mb), [6]);
+        assert!(mb.warnings().is_empty(), "{:?}", mb.warnings());
+        drop(mb);
+        assert_eq!(index_records(&f).len(), 1);
+        // The index's name taken by a directory: sizes still right, a warning, no failure.
         fs::remove_file(&index).expect("rm");
         fs::create_dir(&index).expect("mkdir");
         let mb = f.open();
@@ -1156,30 +1448,56 @@ mod tests {
     }
 
     #[test]
-    fn cache_entries_follow_the_listing() {
+    fn index_entries_follow_the_listing() {
         let f = Fixture::new();
         for t in 1..=4 {
             f.put(&format!("new/{t}.M1.h"), b"x\n");
         }
-        let index = state_paths(&f.state, &f.md).index;
         let mut mb = f.open();
         mb.commit(&[true, false, false, false], &[false; 4])
             .expect("commit");
         drop(mb);
-        // max_messages shows two, but the sizes of the others are kept; 1 is gone.
+        // max_messages shows two, but the others stay listed with their sizes; 1 is gone.
         let mut opts = f.opts();
         opts.max_messages = Some(2);
         assert_eq!(
             uidls(&*open(&f.md, &opts).expect("open")),
             ["2.M1.h", "3.M1.h"]
         );
-        let text = fs::read_to_string(&index).expect("read");
-        assert!(!text.contains("1.M1.h"), "{text}");
-        assert!(text.contains("4.M1.h"), "{text}");
-        // Flags and the move to cur/ keep the entry: same unique part.
+        let names: Vec<(String, bool, Option<u64>)> = index_records(&f);
+        assert_eq!(
+            names,
+            [
+                ("2.M1.h".to_owned(), false, Some(3)),
+                ("3.M1.h".to_owned(), false, Some(3)),
+                ("4.M1.h".to_owned(), false, Some(3)),
+            ]
+        );
+        // Flags and the move to cur/ keep the size: same unique part.
         fs::rename(f.md.join("new/2.M1.h"), f.md.join("cur/2.M1.h:2,S")).expect("mv");
         forge(&f.md.join("cur/2.M1.h:2,S"), b"y\n");
         assert_eq!(sizes(&*f.open()), [3, 3, 3]);
+    }
+
+    #[test]
+    fn a_message_not_listed_beyond_max_messages_is_sized_when_shown() {
+        let f = Fixture::new();
+        for t in 1..=3 {
+            f.put(&format!("new/{t}.M1.h"), b"x\n");
+        }
+        let mut opts = f.opts();
+        opts.max_messages = Some(1);
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        f.age("new");
+        f.age("cur");
+        drop(open_at(&f.md, &opts, later).expect("open"));
+        assert_eq!(
+            index_records(&f).iter().map(|r| r.2).collect::<Vec<_>>(),
+            [Some(3), None, None]
+        );
+        let (mb, report) = f.open_later();
+        assert_eq!(report.from_index, [true, true]);
+        assert_eq!(sizes(&*mb), [3, 3, 3]);
     }
 
     proptest::proptest! {

@@ -1,318 +1,684 @@
-//! The size cache of a Maildir: the exact POP3 (CRLF) size of every message that had to be
-//! read to be measured, kept in the state directory so that the next session reads no
-//! message file at all.
+//! The listing of a Maildir in memory (one name arena, 16-byte records) and its index in the
+//! state directory: the last session's listing of `new/` and `cur/` with the exact POP3 size
+//! of every message, so that a warm session reads no directory and opens no message file.
 //!
-//! POP3 sizes must be the exact octets RETR sends. Dovecot puts that size in the file name
-//! (`,W=`) and such files never need this cache; Courier, qmail and procmail deliveries have
-//! only `,S=` (the stored, LF size) or nothing, and without a cache every session would read
-//! every message. The cache is keyed by the unique part of the file name (the UIDL, which
-//! flag changes and the `new/`→`cur/` move never touch).
-//!
-//! * **Validity.** An entry is believed for a message only when the stored (LF) size still
-//!   matches: taken from `,S=` in the name when the entry's size equals it, otherwise from an
-//!   `lstat` of the file, whose mtime (seconds and nanoseconds) must match too. Trusting `,S=`
-//!   without a `stat` is deliberate: Maildir files are immutable by convention (a change of
-//!   content is a new delivery with a new name), this is what Dovecot and Courier rely on
-//!   too, and a warm session then touches no inode at all, which is what costs on a cold
-//!   server (thousands of random inode reads). A file whose `,S=` does not match its length
-//!   when measured is cached by `stat` instead. RETR always sends the file as it is.
-//! * **Cacheable names.** Only unique parts of 1 to [`MAX_CACHED_UNIQUE_LEN`] bytes of
-//!   0x21-0x7E are cached, so a line can never be ambiguous; any other name (rare, and given a
-//!   `sha256:` UIDL anyway) is simply measured at every session.
-//! * **Format** (text, one line each, LF):
-//!   `popspool-maildir-sizes 1`, then per message
-//!   `UNIQUE SP LFSIZE SP MTIMESEC.NNNNNNNNN SP CRLFSIZE`, sorted by unique part, then
-//!   `end COUNT SHA256HEX` where the digest covers every byte before that line. Anything that
-//!   does not parse exactly, a duplicate key, a wrong count or digest: the whole cache is
-//!   ignored with a warning and rebuilt, never a failed session.
-//! * **Writing.** Only when the session's scan changed something (a new measurement, or
-//!   entries of messages no longer present dropped), as `NAME.tmp` (mode 0600, `O_NOFOLLOW`),
-//!   fsynced and renamed over `NAME`: a reader sees the old or the new cache. Deleted messages
-//!   are pruned by the next session's scan rather than at commit: the cache only ever holds
-//!   sizes, so a stale entry is harmless, and the next session rewrites it anyway when new
-//!   mail arrived.
+//! * **Arena.** All file names live in one `Vec<u8>`; a message is a [`Rec`] of 16 bytes
+//!   (offset, name length, leading timestamp, size, flags). The UIDL is a prefix of the name
+//!   (the unique part), so it is never copied. 150,000 messages cost about 9 MB instead of
+//!   the 40 MB of one boxed name, one `String` cache key and one hash-set slot each.
+//! * **Sizes** are the exact octets RETR sends. A size that took reading the file is kept
+//!   and believed at the next session when the stored (LF) length still matches: taken from
+//!   `,S=` in the name when it equals the length measured (Maildir files are immutable by
+//!   convention, so no `stat` is needed: what Dovecot and Courier rely on too), otherwise
+//!   from an `lstat` whose length and mtime (seconds and nanoseconds) must both match.
+//! * **Listing validity.** The index records, for `new/` and `cur/`, the identity (device,
+//!   inode) and mtime and ctime of the directory as `stat` saw them *before* it was read, and
+//!   the wall-clock time the scan started. A later session believes the recorded listing of a
+//!   folder, and does not read it, only when its `stat` is identical **and** the recorded
+//!   timestamps are older than the scan start by more than [`RACY_WINDOW`]. The second
+//!   condition is git's "racily clean" rule: a file delivered in the same timestamp tick as
+//!   the recorded `stat`, but after the folder was read, leaves the folder's mtime unchanged;
+//!   such a folder is read again at the next session (which then records a safe stamp). Any
+//!   rename into or out of a folder and any deletion changes its mtime, so new mail, another
+//!   client's moves and deletions are always seen. A message that another client moves while
+//!   a session runs is followed at RETR and QUIT by the caller (`relocate`).
+//! * **Merge, not hash.** A folder that changed is read again and sorted; the index, sorted
+//!   the same way (by leading timestamp, then unique part), is streamed alongside it and each
+//!   message keeps its size when its unique part is found, with no hash table and no second
+//!   copy of the index in memory.
+//! * **Format** (little-endian): [`INDEX_MAGIC`]; scan start (`i64` seconds, `u32` ns); two
+//!   folder stamps (`new/`, `cur/`: `u8` present, `u64` dev, `u64` ino, mtime and ctime as
+//!   `i64`+`u32`); `u64` record count; the records in listing order, each `u8` flags
+//!   ([`F_CUR`], [`F_SIZED`], [`F_STAT`]), `u16` name length, the name, then with `F_SIZED`
+//!   the `u64` POP3 size, then with `F_STAT` the `u64` stored length and the mtime
+//!   (`i64`+`u32`); last the SHA-256 of every byte before it. A sized record without
+//!   `F_STAT` is valid only while its name's `,S=` is a plausible stored length for its size.
+//!   Anything that does not parse exactly (bad magic, truncation, a bad checksum, trailing
+//!   bytes, an implausible size): the whole index is ignored with a warning and rebuilt,
+//!   never a failed session. The text cache of earlier versions is recognised and replaced
+//!   silently.
+//! * **Writing.** Only when the session's scan changed something (a folder read again, a size
+//!   measured, the index unusable), under the session lock, as `NAME.tmp` (mode 0600,
+//!   `O_NOFOLLOW`), fsynced and renamed over `NAME`: a reader sees the old or the new index.
 
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// First line of every cache; bumped on any change of format or meaning.
-pub const SIZE_CACHE_HEADER: &str = "popspool-maildir-sizes 1";
-/// Longest unique part cached (`NAME_MAX`): a longer one cannot be a file name anyway.
-pub const MAX_CACHED_UNIQUE_LEN: usize = 255;
-/// Most entries a cache may hold: bounds the memory a damaged or foreign file can cost.
-/// A Maildir larger than this is still served, its surplus measured at every session.
-pub const MAX_SIZE_CACHE_ENTRIES: usize = 4_000_000;
-/// Mode of a cache: it describes the user's mail.
-pub const SIZE_CACHE_MODE: u32 = 0o600;
+/// First bytes of an index; the last byte is the format version.
+pub const INDEX_MAGIC: &[u8; 8] = b"POPSPMD\x02";
+/// First line of the text size cache of earlier versions: replaced without a warning.
+pub const OLD_TEXT_CACHE_HEADER: &[u8] = b"popspool-maildir-sizes 1\n";
+/// A folder whose recorded mtime or ctime is this close to (or after) the scan start is read
+/// again next time: covers the coarse kernel clock (a few ms), one-second (ext3, NFSv2) and
+/// two-second (FAT) timestamps, and a little clock skew with a file server.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Mode of an index: it describes the user's mail.
+pub const INDEX_MODE: u32 = 0o600;
+/// Read and write buffer of the index: few system calls, small transient memory.
+pub const INDEX_BUF_LEN: usize = 256 * 1024;
+/// Largest POP3 size a record holds (40 bits, 1 TiB); a larger message is refused with a
+/// warning rather than listed with a wrong size.
+pub const MAX_RECORD_SIZE: u64 = (1 << 40) - 1;
+/// Largest name arena: offsets are `u32`. At 60-byte names that is 70 million messages.
+pub const MAX_ARENA_LEN: usize = u32::MAX as usize;
 
-/// Longest valid line: unique part, three numbers of at most 20 digits, the nanoseconds.
-const MAX_LINE_LEN: usize = MAX_CACHED_UNIQUE_LEN + 3 * 21 + 10 + 1;
+/// Record flag: the file is in `cur/` (else `new/`).
+pub const F_CUR: u8 = 1;
+/// Record flag: the POP3 size is known.
+pub const F_SIZED: u8 = 2;
+/// Record flag: the size is validated by `lstat` (length and mtime kept aside).
+pub const F_STAT: u8 = 4;
+/// In memory only: the unique part is not a valid UIDL, so the UIDL is a `sha256:` fallback.
+/// Decided when the name is pushed, while its bytes are in the cache.
+pub const F_FALLBACK: u8 = 8;
+const DISK_FLAGS: u8 = F_CUR | F_SIZED | F_STAT;
 
-/// What is known of one message.
+const STAMP_LEN: usize = 1 + 8 + 8 + 12 + 12;
+const HEADER_LEN: usize = 8 + 12 + 2 * STAMP_LEN + 8;
+
+/// One listed message, 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizes {
-    /// The file's length as stored (LF line endings).
-    pub lf_len: u64,
-    /// The file's mtime (seconds, nanoseconds) when it was measured.
-    pub mtime: (i64, i64),
-    /// The canonical (CRLF) size: what STAT, LIST and RETR count.
-    pub crlf_size: u64,
+pub struct Rec {
+    off: u32,
+    /// Leading decimal timestamp of the name, saturated; `u32::MAX` when there is none.
+    ts: u32,
+    size_lo: u32,
+    size_hi: u8,
+    pub flags: u8,
+    len: u16,
 }
 
-/// Can `unique` be a cache key?
-pub fn cacheable(unique: &[u8]) -> bool {
+impl Rec {
+    pub fn in_cur(&self) -> bool {
+        self.flags & F_CUR != 0
+    }
+    pub fn sized(&self) -> bool {
+        self.flags & F_SIZED != 0
+    }
+    pub fn by_stat(&self) -> bool {
+        self.flags & F_STAT != 0
+    }
+    /// The POP3 size (0 until sized).
+    pub fn size(&self) -> u64 {
+        u64::from(self.size_lo) | u64::from(self.size_hi) << 32
+    }
+    /// Stable for the session: the arena is never reordered.
+    pub fn key(&self) -> u32 {
+        self.off
+    }
+    fn set_size(&mut self, size: u64) {
+        debug_assert!(size <= MAX_RECORD_SIZE);
+        self.size_lo = size as u32;
+        self.size_hi = (size >> 32) as u8;
+        self.flags |= F_SIZED;
+    }
+}
+
+/// What `lstat` must still show for a size kept with [`F_STAT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatKey {
+    pub lf_len: u64,
+    pub mtime: (i64, u32),
+}
+
+/// The size of a message just measured, with what the next session needs to believe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub crlf_size: u64,
+    /// The file's length and mtime when measured.
+    pub stat: StatKey,
+}
+
+/// The `Sizes` of a file just measured, from its `fstat`.
+pub fn sizes_of(meta: &fs::Metadata, crlf_size: u64) -> Sizes {
+    Sizes {
+        crlf_size,
+        stat: StatKey {
+            lf_len: meta.len(),
+            mtime: (meta.mtime(), nsec(meta.mtime_nsec())),
+        },
+    }
+}
+
+fn nsec(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// Does `lstat` show the file as it was measured?
+pub fn stat_matches(path: &Path, key: &StatKey) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(m) => {
+            m.is_file() && m.len() == key.lf_len && (m.mtime(), nsec(m.mtime_nsec())) == key.mtime
+        }
+        Err(_) => false,
+    }
+}
+
+/// The unique part of a Maildir file name: everything before the first `:`.
+pub fn unique_part(name: &[u8]) -> &[u8] {
+    // A plain loop: names are short, and SIMD memchr's set-up dominates at this length.
+    match name.iter().position(|&c| c == b':') {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
+/// Is the unique part a valid RFC 1939 UIDL as it is (1-70 octets of 0x21-0x7E)?
+pub fn plain_uidl(unique: &[u8]) -> bool {
     !unique.is_empty()
-        && unique.len() <= MAX_CACHED_UNIQUE_LEN
+        && unique.len() <= crate::limits::MAX_UIDL_LEN
         && unique.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
-/// The cache of one Maildir, in memory for the duration of the scan.
+/// Compares the unique parts of two names without first finding their `:` (a `memchr` per
+/// name costs more than the whole comparison of two short names that differ early).
+pub fn cmp_unique(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    // The common case when merging a listing with its index: the very same name.
+    if a == b {
+        return std::cmp::Ordering::Equal;
+    }
+    let at = |n: &[u8], i: usize| n.get(i).copied().filter(|&c| c != b':');
+    let mut i = 0;
+    loop {
+        match (at(a, i), at(b, i)) {
+            (Some(x), Some(y)) if x == y => i += 1,
+            (x, y) => return x.cmp(&y),
+        }
+    }
+}
+
+/// The delivery time at the start of a name, saturated at `u32::MAX - 1` (after 2106, or
+/// not a time); no leading digit is `u32::MAX`, so unknown ages sort last.
+pub fn leading_timestamp(name: &[u8]) -> u32 {
+    let mut any = false;
+    let mut t: u64 = 0;
+    for &d in name.iter().take_while(|b| b.is_ascii_digit()) {
+        any = true;
+        t = t.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    if any {
+        u32::try_from(t).unwrap_or(u32::MAX - 1).min(u32::MAX - 1)
+    } else {
+        u32::MAX
+    }
+}
+
+/// The value of a `,K=digits` field in the unique part (Courier/Dovecot `,S=` and `,W=`).
+pub fn name_field(unique: &[u8], key: u8) -> Option<u64> {
+    unique
+        .split(|&b| b == b',')
+        .skip(1)
+        .find_map(|field| match field {
+            [k, b'=', digits @ ..] if *k == key && !digits.is_empty() => {
+                digits.iter().try_fold(0u64, |acc, &d| {
+                    if d.is_ascii_digit() {
+                        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                    } else {
+                        None
+                    }
+                })
+            }
+            _ => None,
+        })
+}
+
+/// Can a stored length `lf` have the POP3 size `crlf`? Canonical form only adds bytes (a CR
+/// before each LF, a final CRLF), so at most doubling.
+fn plausible(lf: u64, crlf: u64) -> bool {
+    crlf >= lf && crlf <= lf.saturating_mul(2).saturating_add(2) && crlf <= MAX_RECORD_SIZE
+}
+
+/// The listing of one Maildir.
 #[derive(Debug, Default)]
-pub struct SizeCache {
-    entries: HashMap<Box<[u8]>, Sizes>,
-    /// The file on disk does not describe `entries`.
-    dirty: bool,
+pub struct Listing {
+    names: Vec<u8>,
+    pub recs: Vec<Rec>,
+    /// Keyed by `Rec::key`; sorted up to `stats_sorted`.
+    stats: Vec<(u32, StatKey)>,
+    stats_sorted: usize,
 }
 
-impl SizeCache {
-    /// Loads the cache at `path`. Never fails: a missing cache is empty (silently); an
-    /// unreadable, corrupt or foreign one is empty with a warning for the log, and marked to
-    /// be rewritten.
-    pub fn load(path: &Path) -> (SizeCache, Option<String>) {
-        match read(path) {
-            Ok(entries) => (
-                SizeCache {
-                    entries,
-                    dirty: false,
+/// The listing outgrew its `u32` offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingFull;
+
+impl Listing {
+    pub fn name(&self, r: &Rec) -> &[u8] {
+        let start = r.off as usize;
+        &self.names[start..start + usize::from(r.len)]
+    }
+
+    pub fn unique(&self, r: &Rec) -> &[u8] {
+        unique_part(self.name(r))
+    }
+
+    /// Appends a message (unsized).
+    pub fn push(&mut self, name: &[u8], in_cur: bool) -> Result<usize, ListingFull> {
+        let len = u16::try_from(name.len()).map_err(|_| ListingFull)?;
+        let off = u32::try_from(self.names.len()).map_err(|_| ListingFull)?;
+        if self.names.len() + name.len() > MAX_ARENA_LEN {
+            return Err(ListingFull);
+        }
+        self.names.extend_from_slice(name);
+        self.recs.push(Rec {
+            off,
+            ts: leading_timestamp(name),
+            size_lo: 0,
+            size_hi: 0,
+            flags: if in_cur { F_CUR } else { 0 }
+                | if plain_uidl(unique_part(name)) {
+                    0
+                } else {
+                    F_FALLBACK
                 },
-                None,
-            ),
-            Err(LoadError::Missing) => (SizeCache::default(), None),
-            Err(e) => (
-                SizeCache {
-                    entries: HashMap::new(),
-                    dirty: true,
-                },
-                Some(format!(
-                    "Maildir size cache {}: {e}; rebuilt",
-                    path.display()
-                )),
-            ),
+            len,
+        });
+        Ok(self.recs.len() - 1)
+    }
+
+    /// Records the size of `recs[i]`: validated at the next session by its name's `,S=` when
+    /// that equals the measured length, else by `lstat`. A size beyond [`MAX_RECORD_SIZE`]
+    /// is not recorded (returns false).
+    pub fn set_sizes(&mut self, i: usize, sizes: Sizes) -> bool {
+        if sizes.crlf_size > MAX_RECORD_SIZE {
+            return false;
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
-    pub fn get(&self, unique: &[u8]) -> Option<&Sizes> {
-        self.entries.get(unique)
-    }
-
-    /// Records a measurement; an uncacheable name, or one beyond the entry limit, is ignored.
-    pub fn insert(&mut self, unique: &[u8], sizes: Sizes) {
-        if !cacheable(unique) {
-            return;
-        }
-        if let Some(old) = self.entries.get_mut(unique) {
-            if *old != sizes {
-                *old = sizes;
-                self.dirty = true;
-            }
-            return;
-        }
-        if self.entries.len() < MAX_SIZE_CACHE_ENTRIES {
-            self.entries.insert(Box::from(unique), sizes);
-            self.dirty = true;
-        }
-    }
-
-    /// Drops the entries of messages not in `present` (unique parts of the current listing).
-    pub fn retain_present(&mut self, present: &HashSet<&[u8]>) {
-        let before = self.entries.len();
-        self.entries.retain(|k, _| present.contains(&**k));
-        if self.entries.len() != before {
-            self.dirty = true;
-        }
-    }
-
-    /// Writes the cache atomically if it changed (an empty cache removes the file).
-    pub fn write_if_dirty(&mut self, path: &Path) -> io::Result<()> {
-        if !self.dirty {
-            return Ok(());
-        }
-        if self.entries.is_empty() {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        let by_name = name_field(self.unique(&self.recs[i]), b'S') == Some(sizes.stat.lf_len);
+        let r = &mut self.recs[i];
+        r.set_size(sizes.crlf_size);
+        if by_name {
+            r.flags &= !F_STAT;
         } else {
-            write(path, &self.entries)?;
+            r.flags |= F_STAT;
+            let key = r.off;
+            // A record is sized once per session, or again in place: keys stay unique, so
+            // they can be sorted in place without a stable sort's buffer.
+            match self.stats[..self.stats_sorted].binary_search_by_key(&key, |s| s.0) {
+                Ok(j) => self.stats[j].1 = sizes.stat,
+                Err(_) => match self.stats[self.stats_sorted..].last_mut() {
+                    Some(last) if last.0 == key => last.1 = sizes.stat,
+                    _ => self.stats.push((key, sizes.stat)),
+                },
+            }
         }
-        self.dirty = false;
-        Ok(())
+        true
+    }
+
+    /// Forgets a size that no longer holds.
+    pub fn unsize(&mut self, i: usize) {
+        self.recs[i].flags &= !(F_SIZED | F_STAT);
+    }
+
+    fn sort_stats(&mut self) {
+        if self.stats_sorted != self.stats.len() {
+            // In place: a copy would be the largest transient allocation of a session on a
+            // Maildir without `,S=` names (24 bytes a message).
+            self.stats.sort_unstable_by_key(|s| s.0);
+            self.stats.dedup_by_key(|s| s.0);
+            self.stats_sorted = self.stats.len();
+        }
+    }
+
+    /// The `lstat` key of a record sized with [`F_STAT`]. Never sorts: a session looks up
+    /// only keys carried from the index (sorted when the listing was built) while it adds
+    /// new ones, and re-sorting per lookup would be quadratic.
+    pub fn stat_key(&self, i: usize) -> Option<StatKey> {
+        let key = self.recs[i].off;
+        let (sorted, tail) = self.stats.split_at(self.stats_sorted);
+        // A key is in one part only: `set_sizes` updates a sorted one in place.
+        match sorted.binary_search_by_key(&key, |s| s.0) {
+            Ok(j) => Some(sorted[j].1),
+            Err(_) => tail.iter().rev().find(|s| s.0 == key).map(|s| s.1),
+        }
+    }
+
+    /// Listing order: oldest first by leading timestamp, ties by unique part, the `cur/` copy
+    /// of a unique part first (so dedup keeps it), then by name.
+    fn order(&self, a: &Rec, b: &Rec) -> std::cmp::Ordering {
+        let (na, nb) = (self.name(a), self.name(b));
+        a.ts.cmp(&b.ts)
+            .then_with(|| cmp_unique(na, nb))
+            .then_with(|| b.in_cur().cmp(&a.in_cur()))
+            .then_with(|| na.cmp(nb))
+    }
+
+    /// Sorts `recs[from..]`.
+    fn sort_from(&mut self, from: usize) {
+        let mut recs = std::mem::take(&mut self.recs);
+        recs[from..].sort_unstable_by(|a, b| self.order(a, b));
+        self.recs = recs;
+    }
+
+    /// Sorts the whole listing and lists a unique part seen in both folders once, at its
+    /// `cur/` name (another client's `new/`→`cur/` move seen by both reads).
+    pub fn sort_dedup(&mut self) {
+        self.sort_from(0);
+        let mut recs = std::mem::take(&mut self.recs);
+        recs.dedup_by(|later, kept| {
+            later.ts == kept.ts && cmp_unique(self.name(later), self.name(kept)).is_eq()
+        });
+        self.recs = recs;
+    }
+
+    /// Gives back the memory a growing listing over-allocated.
+    pub fn shrink(&mut self) {
+        self.names.shrink_to_fit();
+        self.recs.shrink_to_fit();
+        self.sort_stats();
+        self.stats.shrink_to_fit();
     }
 }
 
+/// Identity and timestamps of a folder, as `stat` saw them before it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl DirStamp {
+    /// `None` when the folder does not exist (never trusted: it costs nothing to look).
+    pub fn of(dir: &Path) -> io::Result<Option<DirStamp>> {
+        match fs::metadata(dir) {
+            Ok(m) => Ok(Some(DirStamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                mtime: (m.mtime(), nsec(m.mtime_nsec())),
+                ctime: (m.ctime(), nsec(m.ctime_nsec())),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Not racy: both timestamps older than `scan_start - RACY_WINDOW`.
+    pub fn settled(&self, scan_start: (i64, u32)) -> bool {
+        let window = i64::try_from(RACY_WINDOW.as_secs()).unwrap_or(i64::MAX);
+        let limit = (scan_start.0.saturating_sub(window), scan_start.1);
+        self.mtime < limit && self.ctime < limit
+    }
+}
+
+/// Seconds and nanoseconds since the epoch (negative clocks are treated as the epoch).
+pub fn timestamp(t: SystemTime) -> (i64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        d.subsec_nanos(),
+    )
+}
+
+/// What an index records about the folders it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHeader {
+    pub scan_start: (i64, u32),
+    /// `new/`, `cur/`.
+    pub stamps: [Option<DirStamp>; 2],
+}
+
+impl IndexHeader {
+    /// May the recorded listing of folder `d` (0 `new/`, 1 `cur/`) be used instead of reading
+    /// it, given what `stat` shows now?
+    pub fn folder_valid(&self, d: usize, now: Option<DirStamp>) -> bool {
+        match (self.stamps[d], now) {
+            (Some(rec), Some(now)) => rec == now && rec.settled(self.scan_start),
+            _ => false,
+        }
+    }
+}
+
+/// Why an index was not used.
 #[derive(Debug)]
-enum LoadError {
-    Missing,
+pub enum IndexError {
+    /// The text cache of an earlier version: replaced without a warning.
+    OldFormat,
     Io(io::Error),
     Corrupt(&'static str),
 }
 
-impl std::fmt::Display for LoadError {
+impl std::fmt::Display for IndexError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::Missing => f.write_str("none yet"),
-            LoadError::Io(e) => write!(f, "unreadable ({e})"),
-            LoadError::Corrupt(why) => write!(f, "corrupt or foreign ({why})"),
+            IndexError::OldFormat => f.write_str("earlier format"),
+            IndexError::Io(e) => write!(f, "unreadable ({e})"),
+            IndexError::Corrupt(why) => write!(f, "corrupt or foreign ({why})"),
         }
     }
 }
 
-fn open_cache(path: &Path) -> Result<File, LoadError> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => LoadError::Missing,
-            _ => LoadError::Io(e),
-        })
+/// One record of an index being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldRec<'a> {
+    pub name: &'a [u8],
+    pub in_cur: bool,
+    pub size: Option<u64>,
+    /// For sizes validated by `lstat`.
+    pub stat: Option<StatKey>,
 }
 
-/// One line without its LF; `None` at end of file. A line longer than `MAX_LINE_LEN` or
-/// without its LF is corrupt.
-fn next_line<'a, R: BufRead>(
-    r: &mut R,
-    buf: &'a mut Vec<u8>,
-) -> Result<Option<&'a [u8]>, LoadError> {
-    buf.clear();
-    let n = r
-        .by_ref()
-        .take(MAX_LINE_LEN as u64 + 1)
-        .read_until(b'\n', buf)
-        .map_err(LoadError::Io)?;
-    if n == 0 {
-        return Ok(None);
+/// Streams an index: the header at open, then the records one at a time; the checksum is
+/// verified after the last record, so a caller must be ready to discard what it took.
+#[derive(Debug)]
+pub struct IndexReader {
+    file: File,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Bytes of the file not yet in `buf`.
+    unread: u64,
+    sha: Sha256,
+    pub header: IndexHeader,
+    left: u64,
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+fn le_i64(b: &[u8]) -> i64 {
+    le_u64(b) as i64
+}
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn parse_time(b: &[u8]) -> Result<(i64, u32), IndexError> {
+    let t = (le_i64(b), le_u32(&b[8..]));
+    if t.1 >= 1_000_000_000 {
+        return Err(IndexError::Corrupt("bad timestamp"));
     }
-    match buf.pop() {
-        Some(b'\n') => Ok(Some(buf)),
-        _ if n > MAX_LINE_LEN => Err(LoadError::Corrupt("line too long")),
-        _ => Err(LoadError::Corrupt("truncated")),
+    Ok(t)
+}
+
+fn parse_stamp(b: &[u8]) -> Result<Option<DirStamp>, IndexError> {
+    match b[0] {
+        0 => Ok(None),
+        1 => Ok(Some(DirStamp {
+            dev: le_u64(&b[1..]),
+            ino: le_u64(&b[9..]),
+            mtime: parse_time(&b[17..])?,
+            ctime: parse_time(&b[29..])?,
+        })),
+        _ => Err(IndexError::Corrupt("bad folder stamp")),
     }
 }
 
-fn parse_u64(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 20 || (b.len() > 1 && b[0] == b'0') {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// `SEC.NNNNNNNNN`, SEC possibly negative (files from before 1970 exist on broken clocks),
-/// written exactly as `write` does (no sign but `-`, no leading zeros, no `-0`).
-fn parse_mtime(b: &[u8]) -> Option<(i64, i64)> {
-    let dot = memchr::memchr(b'.', b)?;
-    let (sec, nsec) = (&b[..dot], &b[dot + 1..]);
-    let digits = sec.strip_prefix(b"-").unwrap_or(sec);
-    let canonical = !digits.is_empty()
-        && digits.iter().all(u8::is_ascii_digit)
-        && (digits[0] != b'0' || sec == b"0");
-    if !canonical || nsec.len() != 9 || !nsec.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let s: i64 = std::str::from_utf8(sec).ok()?.parse().ok()?;
-    let ns: i64 = std::str::from_utf8(nsec).ok()?.parse().ok()?;
-    Some((s, ns))
-}
-
-fn parse_entry(line: &[u8]) -> Option<(&[u8], Sizes)> {
-    let mut f = line.split(|&b| b == b' ');
-    let (unique, lf, mtime, crlf) = (f.next()?, f.next()?, f.next()?, f.next()?);
-    if f.next().is_some() || !cacheable(unique) {
-        return None;
-    }
-    let sizes = Sizes {
-        lf_len: parse_u64(lf)?,
-        mtime: parse_mtime(mtime)?,
-        crlf_size: parse_u64(crlf)?,
-    };
-    // A canonical form only ever adds bytes (CR before LF, a final CRLF), at most doubling.
-    let plausible = sizes.crlf_size >= sizes.lf_len
-        && sizes.crlf_size <= sizes.lf_len.saturating_mul(2).saturating_add(2);
-    plausible.then_some((unique, sizes))
-}
-
-fn read(path: &Path) -> Result<HashMap<Box<[u8]>, Sizes>, LoadError> {
-    let file = open_cache(path)?;
-    let meta = file.metadata().map_err(LoadError::Io)?;
-    if !meta.is_file() {
-        return Err(LoadError::Corrupt("not a regular file"));
-    }
-    let mut r = BufReader::new(file);
-    let mut sha = Sha256::new();
-    let mut buf = Vec::with_capacity(MAX_LINE_LEN + 1);
-    match next_line(&mut r, &mut buf)? {
-        Some(l) if l == SIZE_CACHE_HEADER.as_bytes() => {}
-        _ => return Err(LoadError::Corrupt("bad header")),
-    }
-    sha.update(&buf);
-    sha.update(b"\n");
-    let mut entries = HashMap::new();
-    loop {
-        let Some(line) = next_line(&mut r, &mut buf)? else {
-            return Err(LoadError::Corrupt("no end line"));
+impl IndexReader {
+    /// Opens the index at `path` and reads its header; `Ok(None)` when there is none.
+    pub fn open(path: &Path) -> Result<Option<IndexReader>, IndexError> {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IndexError::Io(e)),
         };
-        if let Some(rest) = line.strip_prefix(b"end ") {
-            let mut f = rest.split(|&b| b == b' ');
-            let count = f.next().and_then(parse_u64);
-            let digest = f.next();
-            if f.next().is_some() || count != Some(entries.len() as u64) {
-                return Err(LoadError::Corrupt("wrong count"));
+        let meta = file.metadata().map_err(IndexError::Io)?;
+        if !meta.is_file() {
+            return Err(IndexError::Corrupt("not a regular file"));
+        }
+        let mut r = IndexReader {
+            file,
+            buf: vec![0u8; INDEX_BUF_LEN],
+            pos: 0,
+            end: 0,
+            unread: meta.len(),
+            sha: Sha256::new(),
+            header: IndexHeader {
+                scan_start: (0, 0),
+                stamps: [None, None],
+            },
+            left: 0,
+        };
+        if meta.len() >= OLD_TEXT_CACHE_HEADER.len() as u64 {
+            r.fill(OLD_TEXT_CACHE_HEADER.len())?;
+            if r.buf[..OLD_TEXT_CACHE_HEADER.len()] == *OLD_TEXT_CACHE_HEADER {
+                return Err(IndexError::OldFormat);
             }
-            if digest != Some(hex(&sha.finalize()).as_bytes()) {
-                return Err(LoadError::Corrupt("checksum mismatch"));
+        }
+        let h = r.take(HEADER_LEN)?;
+        if h[..8] != INDEX_MAGIC[..] {
+            return Err(IndexError::Corrupt("bad magic"));
+        }
+        let header = IndexHeader {
+            scan_start: parse_time(&h[8..])?,
+            stamps: [
+                parse_stamp(&h[20..20 + STAMP_LEN])?,
+                parse_stamp(&h[20 + STAMP_LEN..20 + 2 * STAMP_LEN])?,
+            ],
+        };
+        let left = le_u64(&h[20 + 2 * STAMP_LEN..]);
+        r.header = header;
+        r.left = left;
+        Ok(Some(r))
+    }
+
+    /// Makes at least `n` bytes available at `pos` (n <= the buffer).
+    fn fill(&mut self, n: usize) -> Result<(), IndexError> {
+        if self.end - self.pos >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        while self.end < n {
+            if self.unread == 0 {
+                return Err(IndexError::Corrupt("truncated"));
             }
-            break;
+            let got = self
+                .file
+                .read(&mut self.buf[self.end..])
+                .map_err(IndexError::Io)?;
+            if got == 0 {
+                return Err(IndexError::Corrupt("truncated"));
+            }
+            self.end += got;
+            self.unread = self.unread.saturating_sub(got as u64);
         }
-        let (unique, sizes) = parse_entry(line).ok_or(LoadError::Corrupt("bad entry"))?;
-        if entries.len() >= MAX_SIZE_CACHE_ENTRIES {
-            return Err(LoadError::Corrupt("too many entries"));
-        }
-        if entries.insert(Box::from(unique), sizes).is_some() {
-            return Err(LoadError::Corrupt("duplicate entry"));
-        }
-        sha.update(&buf);
-        sha.update(b"\n");
+        Ok(())
     }
-    let mut rest = [0u8; 1];
-    if r.read(&mut rest).map_err(LoadError::Io)? != 0 {
-        return Err(LoadError::Corrupt("data after the end line"));
+
+    /// The next `n` bytes, hashed.
+    fn take(&mut self, n: usize) -> Result<&[u8], IndexError> {
+        self.fill(n)?;
+        let s = &self.buf[self.pos..self.pos + n];
+        self.sha.update(s);
+        self.pos += n;
+        Ok(s)
     }
-    Ok(entries)
+
+    /// The next record; `Ok(None)` after the last one, once the checksum and the end of the
+    /// file have been verified.
+    pub fn next_rec(&mut self) -> Result<Option<OldRec<'_>>, IndexError> {
+        if self.left == 0 {
+            self.fill(32)?;
+            let digest = self.sha.clone().finalize();
+            if self.buf[self.pos..self.pos + 32] != digest[..] {
+                return Err(IndexError::Corrupt("checksum mismatch"));
+            }
+            if self.end - self.pos != 32 || self.unread != 0 {
+                return Err(IndexError::Corrupt("data after the checksum"));
+            }
+            self.pos += 32;
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.fill(3)?;
+        let flags = self.buf[self.pos];
+        let len = usize::from(u16::from_le_bytes([
+            self.buf[self.pos + 1],
+            self.buf[self.pos + 2],
+        ]));
+        if flags & !DISK_FLAGS != 0 || (flags & F_STAT != 0 && flags & F_SIZED == 0) {
+            return Err(IndexError::Corrupt("bad record flags"));
+        }
+        let tail =
+            if flags & F_SIZED != 0 { 8 } else { 0 } + if flags & F_STAT != 0 { 20 } else { 0 };
+        let total = 3 + len + tail;
+        let rec = self.take(total)?;
+        let name = &rec[3..3 + len];
+        if name.is_empty() || name[0] == b'.' || name.contains(&b'/') || name.contains(&0) {
+            return Err(IndexError::Corrupt("bad name"));
+        }
+        let mut size = None;
+        let mut stat = None;
+        if flags & F_SIZED != 0 {
+            let crlf = le_u64(&rec[3 + len..]);
+            let lf = if flags & F_STAT != 0 {
+                let key = StatKey {
+                    lf_len: le_u64(&rec[11 + len..]),
+                    mtime: parse_time(&rec[19 + len..])?,
+                };
+                stat = Some(key);
+                Some(key.lf_len)
+            } else {
+                name_field(unique_part(name), b'S')
+            };
+            if !lf.is_some_and(|lf| plausible(lf, crlf)) {
+                return Err(IndexError::Corrupt("implausible size"));
+            }
+            size = Some(crlf);
+        }
+        Ok(Some(OldRec {
+            name,
+            in_cur: flags & F_CUR != 0,
+            size,
+            stat,
+        }))
+    }
 }
 
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter()
-        .fold(String::with_capacity(2 * b.len()), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
+/// Hashes everything written through it.
+struct HashWriter<'a> {
+    file: &'a File,
+    sha: Sha256,
+}
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn put_time(out: &mut Vec<u8>, t: (i64, u32)) {
+    out.extend_from_slice(&t.0.to_le_bytes());
+    out.extend_from_slice(&t.1.to_le_bytes());
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -321,44 +687,76 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write(path: &Path, entries: &HashMap<Box<[u8]>, Sizes>) -> io::Result<()> {
+/// Writes the index of `listing` (every record, in listing order) atomically.
+pub fn write_index(path: &Path, header: &IndexHeader, listing: &mut Listing) -> io::Result<()> {
+    listing.sort_stats();
     let tmp = tmp_path(path);
     // A stale .tmp (a writer that crashed) is replaced; the session lock keeps writers apart.
     let _ = fs::remove_file(&tmp);
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(SIZE_CACHE_MODE)
+        .mode(INDEX_MODE)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&tmp)?;
     let result = (|| {
-        let mut keys: Vec<&[u8]> = entries.keys().map(|k| &**k).collect();
-        // Sorted: the same cache is always the same file (diffable, testable).
-        keys.sort_unstable();
-        let mut out = io::BufWriter::new(&file);
-        let mut sha = Sha256::new();
-        let mut line = Vec::with_capacity(MAX_LINE_LEN + 1);
-        let mut emit = |line: &[u8], out: &mut io::BufWriter<&File>| {
-            sha.update(line);
-            out.write_all(line)
-        };
-        line.extend_from_slice(SIZE_CACHE_HEADER.as_bytes());
-        line.push(b'\n');
-        emit(&line, &mut out)?;
-        for k in &keys {
-            let s = &entries[*k];
-            line.clear();
-            line.extend_from_slice(k);
-            writeln!(
-                line,
-                " {} {}.{:09} {}",
-                s.lf_len, s.mtime.0, s.mtime.1, s.crlf_size
-            )?;
-            emit(&line, &mut out)?;
+        let mut out = io::BufWriter::with_capacity(
+            INDEX_BUF_LEN,
+            HashWriter {
+                file: &file,
+                sha: Sha256::new(),
+            },
+        );
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(INDEX_MAGIC);
+        put_time(&mut h, header.scan_start);
+        for s in &header.stamps {
+            match s {
+                Some(s) => {
+                    h.push(1);
+                    h.extend_from_slice(&s.dev.to_le_bytes());
+                    h.extend_from_slice(&s.ino.to_le_bytes());
+                    put_time(&mut h, s.mtime);
+                    put_time(&mut h, s.ctime);
+                }
+                None => h.extend_from_slice(&[0u8; STAMP_LEN]),
+            }
         }
-        writeln!(out, "end {} {}", keys.len(), hex(&sha.finalize()))?;
+        h.extend_from_slice(&(listing.recs.len() as u64).to_le_bytes());
+        out.write_all(&h)?;
+        let mut rec = Vec::with_capacity(64);
+        for r in &listing.recs {
+            let name = listing.name(r);
+            let mut flags = r.flags & DISK_FLAGS;
+            let stat = if r.by_stat() {
+                listing
+                    .stats
+                    .binary_search_by_key(&r.off, |s| s.0)
+                    .ok()
+                    .map(|j| listing.stats[j].1)
+            } else {
+                None
+            };
+            if r.by_stat() && stat.is_none() {
+                flags &= !(F_SIZED | F_STAT);
+            }
+            rec.clear();
+            rec.push(flags);
+            rec.extend_from_slice(&r.len.to_le_bytes());
+            rec.extend_from_slice(name);
+            if flags & F_SIZED != 0 {
+                rec.extend_from_slice(&r.size().to_le_bytes());
+            }
+            if let Some(s) = stat.filter(|_| flags & F_STAT != 0) {
+                rec.extend_from_slice(&s.lf_len.to_le_bytes());
+                put_time(&mut rec, s.mtime);
+            }
+            out.write_all(&rec)?;
+        }
         out.flush()?;
-        drop(out);
+        let w = out.into_inner().map_err(|e| e.into_error())?;
+        let digest = w.sha.finalize();
+        (&file).write_all(&digest)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
@@ -368,190 +766,493 @@ fn write(path: &Path, entries: &HashMap<Box<[u8]>, Sizes>) -> io::Result<()> {
     result
 }
 
-/// The cached canonical size of the message stored at `path` with unique part `unique`,
-/// when the cache still describes it (see the module documentation). `stored_size`: the
-/// `,S=` of the name, if any.
-pub fn cached_size(
-    cache: &SizeCache,
-    unique: &[u8],
-    stored_size: Option<u64>,
-    path: &Path,
-) -> Option<u64> {
-    let c = cache.get(unique)?;
-    if stored_size == Some(c.lf_len) {
-        return Some(c.crlf_size);
-    }
-    let m = fs::symlink_metadata(path).ok()?;
-    let same = m.is_file() && m.len() == c.lf_len && (m.mtime(), m.mtime_nsec()) == c.mtime;
-    same.then_some(c.crlf_size)
+/// How a folder's part of the listing was obtained (for tests and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanReport {
+    /// Folders (`new/`, `cur/`) taken from the index without reading them.
+    pub from_index: [bool; 2],
+    /// Folders whose listing is exactly what the index holds (read or not).
+    pub unchanged: [bool; 2],
 }
 
-/// The `Sizes` to cache for a file just measured, from its `fstat`.
-pub fn sizes_of(meta: &fs::Metadata, crlf_size: u64) -> Sizes {
-    Sizes {
-        lf_len: meta.len(),
-        mtime: (meta.mtime(), meta.mtime_nsec()),
-        crlf_size,
+/// Builds the listing of a Maildir from what `read_folder` returns for folders that must be
+/// read and from the index for the others; sizes of re-read folders are carried over from
+/// the index by unique part. `now`: the stamps `stat` shows (taken before reading). On an
+/// index error the partial work is discarded and the caller retries without the index.
+pub fn build_listing(
+    index: Option<&mut IndexReader>,
+    now: [Option<DirStamp>; 2],
+    mut read_folder: impl FnMut(usize, &mut Listing) -> io::Result<()>,
+) -> Result<(Listing, ScanReport), BuildError> {
+    let mut listing = Listing::default();
+    let valid = match &index {
+        Some(ix) => [
+            ix.header.folder_valid(0, now[0]),
+            ix.header.folder_valid(1, now[1]),
+        ],
+        None => [false, false],
+    };
+    for (d, &v) in valid.iter().enumerate() {
+        if !v {
+            read_folder(d, &mut listing).map_err(BuildError::Folder)?;
+        }
     }
+    let fresh = listing.recs.len();
+    let mut fresh_n = [0usize; 2];
+    for r in &listing.recs {
+        fresh_n[usize::from(r.in_cur())] += 1;
+    }
+    let mut old_n = [0usize; 2];
+    let mut exact = [0usize; 2];
+    listing.sort_from(0);
+    let had_index = index.is_some();
+    if let Some(ix) = index {
+        let mut j = 0;
+        while let Some(old) = ix.next_rec().map_err(BuildError::Index)? {
+            let d = usize::from(old.in_cur);
+            old_n[d] += 1;
+            if valid[d] {
+                let i = listing
+                    .push(old.name, old.in_cur)
+                    .map_err(|_| BuildError::Full)?;
+                if let Some(size) = old.size {
+                    carry(&mut listing, i, size, old.stat);
+                }
+                continue;
+            }
+            let old_ts = leading_timestamp(old.name);
+            // Both lists are in listing order: advance to the first fresh name not before
+            // this one; an equal unique part gets the size, and so does the copy of it in the
+            // other folder right after it (seen by both reads during a move).
+            while j < fresh {
+                let r = listing.recs[j];
+                let ord =
+                    r.ts.cmp(&old_ts)
+                        .then_with(|| cmp_unique(listing.name(&r), old.name));
+                match ord {
+                    std::cmp::Ordering::Less => j += 1,
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Equal => {
+                        let mut k = j;
+                        while k < fresh {
+                            let r = listing.recs[k];
+                            let name = listing.name(&r);
+                            if r.ts != old_ts || !cmp_unique(name, old.name).is_eq() {
+                                break;
+                            }
+                            if r.in_cur() == old.in_cur && name == old.name {
+                                exact[d] += 1;
+                            }
+                            if let Some(size) = old.size {
+                                carry(&mut listing, k, size, old.stat);
+                            }
+                            k += 1;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Two sorted runs when folders came from both sources: cheap for pattern-defeating sort.
+    listing.sort_dedup();
+    listing.shrink();
+    let unchanged =
+        [0, 1].map(|d| valid[d] || (had_index && old_n[d] == fresh_n[d] && exact[d] == fresh_n[d]));
+    Ok((
+        listing,
+        ScanReport {
+            from_index: valid,
+            unchanged,
+        },
+    ))
+}
+
+fn carry(listing: &mut Listing, i: usize, size: u64, stat: Option<StatKey>) {
+    match stat {
+        Some(stat) => {
+            listing.set_sizes(
+                i,
+                Sizes {
+                    crlf_size: size,
+                    stat,
+                },
+            );
+            // set_sizes chose by-name if ,S= matches the stat length; either is valid.
+        }
+        None => {
+            listing.recs[i].set_size(size);
+            listing.recs[i].flags &= !F_STAT;
+        }
+    }
+}
+
+/// Why a listing could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The index is unusable: retry without it.
+    Index(IndexError),
+    /// Reading a folder failed.
+    Folder(io::Error),
+    /// More names than [`MAX_ARENA_LEN`] holds.
+    Full,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sizes(lf: u64, crlf: u64) -> Sizes {
+    fn stamp(ino: u64, m: i64, c: i64) -> DirStamp {
+        DirStamp {
+            dev: 1,
+            ino,
+            mtime: (m, 5),
+            ctime: (c, 7),
+        }
+    }
+
+    fn sizes(crlf: u64, lf: u64) -> Sizes {
         Sizes {
-            lf_len: lf,
-            mtime: (1_700_000_000, 123),
             crlf_size: crlf,
+            stat: StatKey {
+                lf_len: lf,
+                mtime: (1_700_000_000, 123),
+            },
         }
     }
 
+    fn names(l: &Listing) -> Vec<String> {
+        l.recs
+            .iter()
+            .map(|r| String::from_utf8_lossy(l.name(r)).into_owned())
+            .collect()
+    }
+
     #[test]
-    fn round_trip_and_write_only_when_dirty() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("c.index");
-        let (mut c, w) = SizeCache::load(&p);
-        assert!(w.is_none() && c.is_empty() && !c.is_dirty());
-        c.insert(b"1.M1.h", sizes(4, 6));
-        c.insert(b"2.M1.h,S=10", sizes(10, 12));
-        c.insert(b"odd name", sizes(1, 2));
-        c.insert(b"", sizes(1, 2));
-        let neg = Sizes {
-            lf_len: 0,
-            mtime: (-5, 999_999_999),
-            crlf_size: 0,
+    fn a_record_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 16);
+    }
+
+    #[test]
+    fn listing_order_dedup_and_sizes() {
+        let mut l = Listing::default();
+        for (name, cur) in [
+            ("1700000002.M1P1.h", false),
+            ("1700000001.M5P1.h:2,RS", true),
+            ("junk", true),
+            ("1700000001.M0P1.h", false),
+            ("999.M1.h", false),
+            ("1700000001.M5P1.h", false),
+        ] {
+            l.push(name.as_bytes(), cur).expect("push");
+        }
+        l.sort_dedup();
+        assert_eq!(
+            names(&l),
+            [
+                "999.M1.h",
+                "1700000001.M0P1.h",
+                "1700000001.M5P1.h:2,RS",
+                "1700000002.M1P1.h",
+                "junk"
+            ]
+        );
+        assert!(l.recs[2].in_cur());
+        // By name: ,S= equals the measured length.
+        let mut l = Listing::default();
+        l.push(b"1.M1.h,S=4", false).expect("push");
+        l.push(b"2.M1.h,S=5", false).expect("push");
+        l.push(b"3.M1.h", true).expect("push");
+        assert!(l.set_sizes(0, sizes(6, 4)));
+        assert!(l.set_sizes(1, sizes(6, 4)));
+        assert!(l.set_sizes(2, sizes(1 << 39, 1 << 38)));
+        assert!(!l.set_sizes(2, sizes(MAX_RECORD_SIZE + 1, 1 << 40)));
+        assert!(l.recs[0].sized() && !l.recs[0].by_stat());
+        assert!(l.recs[1].by_stat() && l.recs[2].by_stat());
+        assert_eq!(l.stat_key(1), Some(sizes(6, 4).stat));
+        assert_eq!(l.recs[2].size(), 1 << 39);
+        // A newer measurement replaces the key, sorted or not yet.
+        assert!(l.set_sizes(2, sizes(9, 8)));
+        assert_eq!(l.stat_key(2), Some(sizes(9, 8).stat));
+        assert!(l.set_sizes(2, sizes(10, 9)));
+        assert!(l.set_sizes(2, sizes(11, 10)));
+        assert_eq!(l.stat_key(2), Some(sizes(11, 10).stat));
+        assert!(l.set_sizes(1, sizes(7, 5)));
+        assert!(!l.recs[1].by_stat(), "now ,S= matches");
+        l.unsize(2);
+        assert!(!l.recs[2].sized() && !l.recs[2].by_stat());
+        assert_eq!(l.push(&vec![b'x'; 70_000], false), Err(ListingFull));
+    }
+
+    #[test]
+    fn folder_validity_and_racy_stamps() {
+        let t = 1_700_000_000;
+        let now = stamp(9, t - 10, t - 10);
+        let h = |stamps| IndexHeader {
+            scan_start: (t, 0),
+            stamps,
         };
-        c.insert(b"3.M1.h", neg);
-        assert_eq!(c.len(), 3);
-        c.write_if_dirty(&p).expect("write");
-        let text = fs::read_to_string(&p).expect("read");
-        assert!(
-            text.starts_with(
-                "popspool-maildir-sizes 1\n\
-                 1.M1.h 4 1700000000.000000123 6\n\
-                 2.M1.h,S=10 10 1700000000.000000123 12\n\
-                 3.M1.h 0 -5.999999999 0\n\
-                 end 3 "
+        let cases: &[(Option<DirStamp>, Option<DirStamp>, bool)] = &[
+            (Some(now), Some(now), true),
+            // Changed mtime, ctime or inode.
+            (Some(now), Some(stamp(9, t - 9, t - 10)), false),
+            (Some(now), Some(stamp(9, t - 10, t - 9)), false),
+            (Some(now), Some(stamp(8, t - 10, t - 10)), false),
+            (None, Some(now), false),
+            (Some(now), None, false),
+            // Identical, but modified within RACY_WINDOW of the scan (or after it).
+            (
+                Some(stamp(9, t - 1, t - 10)),
+                Some(stamp(9, t - 1, t - 10)),
+                false,
             ),
-            "{text}"
-        );
-        assert_eq!(
-            fs::metadata(&p).expect("stat").mode() & 0o777,
-            SIZE_CACHE_MODE
-        );
-        let (mut c2, w) = SizeCache::load(&p);
-        assert!(w.is_none(), "{w:?}");
-        assert_eq!(c2.get(b"3.M1.h"), Some(&neg));
-        assert_eq!(c2.get(b"1.M1.h"), Some(&sizes(4, 6)));
-        // Same values: not dirty, not rewritten.
-        c2.insert(b"1.M1.h", sizes(4, 6));
-        assert!(!c2.is_dirty());
-        let present: HashSet<&[u8]> = [&b"1.M1.h"[..], b"3.M1.h", b"9.new"].into();
-        c2.retain_present(&present);
-        assert!(c2.is_dirty());
-        c2.write_if_dirty(&p).expect("write");
-        assert_eq!(SizeCache::load(&p).0.len(), 2);
-        // Nothing left: the file goes.
-        c2.retain_present(&HashSet::new());
-        c2.write_if_dirty(&p).expect("write");
-        assert!(!p.exists());
-        assert!(!tmp_path(&p).exists());
-    }
-
-    #[test]
-    fn damaged_caches_are_ignored_with_a_warning() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("c.index");
-        let mut c = SizeCache::default();
-        c.insert(b"1.M1.h", sizes(4, 6));
-        c.insert(b"2.M1.h", sizes(5, 7));
-        c.write_if_dirty(&p).expect("write");
-        let good = fs::read(&p).expect("read");
-        let text = String::from_utf8(good.clone()).expect("utf8");
-        let long = format!("{}\n", "x".repeat(5000));
-        let cases: Vec<Vec<u8>> = vec![
-            Vec::new(),
-            b"popspool-maildir-sizes 2\nend 0 x\n".to_vec(),
-            good[..good.len() - 1].to_vec(),
-            good[..good.len() - 20].to_vec(),
-            [&good[..], b"junk\n"].concat(),
-            text.replace("4 1700", "5 1700").into_bytes(),
-            text.replace("end 2", "end 3").into_bytes(),
-            text.replace("2.M1.h", "1.M1.h").into_bytes(),
-            text.replace(" 6\n", " 60\n").into_bytes(),
-            text.replace(".000000123 6", ".123 6").into_bytes(),
-            text.replace(" 4 ", " 04 ").into_bytes(),
-            long.into_bytes(),
-            b"\x00\xff binary foreign file".to_vec(),
-            // An mbox index (another format) in its place.
-            b"POPSPIDX\x01\x00\x00\x00".to_vec(),
+            (
+                Some(stamp(9, t - 10, t - 2)),
+                Some(stamp(9, t - 10, t - 2)),
+                false,
+            ),
+            (
+                Some(stamp(9, t + 5, t + 5)),
+                Some(stamp(9, t + 5, t + 5)),
+                false,
+            ),
+            (
+                Some(stamp(9, t - 3, t - 3)),
+                Some(stamp(9, t - 3, t - 3)),
+                true,
+            ),
         ];
-        for (i, bytes) in cases.iter().enumerate() {
-            fs::write(&p, bytes).expect("write");
-            let (c, w) = SizeCache::load(&p);
-            assert!(c.is_empty(), "case {i}");
-            assert!(c.is_dirty(), "case {i}");
-            assert!(w.expect("warning").contains("rebuilt"), "case {i}");
+        for (i, &(rec, cur, want)) in cases.iter().enumerate() {
+            assert_eq!(h([rec, None]).folder_valid(0, cur), want, "case {i}");
+            assert_eq!(h([None, rec]).folder_valid(1, cur), want, "case {i}");
         }
-        fs::remove_file(&p).expect("rm");
-        fs::create_dir(&p).expect("mkdir");
-        let (c, w) = SizeCache::load(&p);
-        assert!(c.is_empty() && w.is_some());
+    }
+
+    fn sample(dir: &Path) -> (PathBuf, IndexHeader, Listing) {
+        let p = dir.join("x.index");
+        let header = IndexHeader {
+            scan_start: (1_700_000_100, 42),
+            stamps: [Some(stamp(3, 1_700_000_000, 1_700_000_001)), None],
+        };
+        let mut l = Listing::default();
+        l.push(b"1.M1.h,S=4", false).expect("push");
+        l.push(b"2.M1.h:2,S", true).expect("push");
+        l.push(b"3.M1.h", false).expect("push");
+        l.set_sizes(0, sizes(6, 4));
+        l.set_sizes(1, sizes(9, 8));
+        (p, header, l)
+    }
+
+    fn read_all(p: &Path) -> Result<(IndexHeader, Vec<OldRec<'static>>), IndexError> {
+        let mut r = IndexReader::open(p)?.expect("exists");
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_rec()? {
+            let name: &'static [u8] = Box::leak(rec.name.to_vec().into_boxed_slice());
+            out.push(OldRec { name, ..rec });
+        }
+        Ok((r.header, out))
     }
 
     #[test]
-    fn cached_size_checks_stored_size_or_stat() {
+    fn index_round_trip() {
         let d = tempfile::tempdir().expect("tempdir");
-        let f = d.path().join("1.M1.h");
-        fs::write(&f, b"a\nb\n").expect("write");
-        let meta = fs::metadata(&f).expect("stat");
-        let mut c = SizeCache::default();
-        c.insert(b"1.M1.h", sizes_of(&meta, 6));
-        assert_eq!(cached_size(&c, b"1.M1.h", None, &f), Some(6));
-        // ,S= agreeing with the entry: believed without a stat (the file need not exist).
+        let (p, header, mut l) = sample(d.path());
+        write_index(&p, &header, &mut l).expect("write");
+        assert_eq!(fs::metadata(&p).expect("stat").mode() & 0o777, INDEX_MODE);
+        assert!(!tmp_path(&p).exists());
+        let (h, recs) = read_all(&p).expect("valid");
+        assert_eq!(h, header);
         assert_eq!(
-            cached_size(&c, b"1.M1.h", Some(4), &d.path().join("x")),
-            Some(6)
+            recs,
+            [
+                OldRec {
+                    name: b"1.M1.h,S=4",
+                    in_cur: false,
+                    size: Some(6),
+                    stat: None
+                },
+                OldRec {
+                    name: b"2.M1.h:2,S",
+                    in_cur: true,
+                    size: Some(9),
+                    stat: Some(sizes(9, 8).stat)
+                },
+                OldRec {
+                    name: b"3.M1.h",
+                    in_cur: false,
+                    size: None,
+                    stat: None
+                },
+            ]
         );
-        assert_eq!(cached_size(&c, b"2.M1.h", None, &f), None);
-        // Same length, another mtime: re-measured.
-        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
-        File::options()
-            .write(true)
-            .open(&f)
-            .and_then(|fh| fh.set_modified(old))
-            .expect("utime");
-        assert_eq!(cached_size(&c, b"1.M1.h", None, &f), None);
-        fs::remove_file(&f).expect("rm");
-        assert_eq!(cached_size(&c, b"1.M1.h", None, &f), None);
-        // A ,S= that disagrees falls back to the stat (here: gone).
-        assert_eq!(cached_size(&c, b"1.M1.h", Some(5), &f), None);
+        assert!(IndexReader::open(&d.path().join("none"))
+            .expect("missing is fine")
+            .is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (p, header, mut l) = sample(d.path());
+        write_index(&p, &header, &mut l).expect("write");
+        let good = fs::read(&p).expect("read");
+        let bad = d.path().join("bad.index");
+        for cut in 0..good.len() {
+            fs::write(&bad, &good[..cut]).expect("write");
+            assert!(read_all(&bad).is_err(), "cut at {cut}");
+        }
+        for at in 0..good.len() {
+            let mut b = good.clone();
+            b[at] ^= 0x10;
+            fs::write(&bad, &b).expect("write");
+            assert!(read_all(&bad).is_err(), "flip at {at}");
+        }
+        fs::write(&bad, [&good[..], b"x"].concat()).expect("write");
+        assert!(read_all(&bad).is_err(), "trailing byte");
+        fs::write(&bad, b"popspool-maildir-sizes 1\nend 0 x\n").expect("write");
+        assert!(matches!(read_all(&bad), Err(IndexError::OldFormat)));
+        fs::remove_file(&bad).expect("rm");
+        fs::create_dir(&bad).expect("mkdir");
+        assert!(matches!(read_all(&bad), Err(IndexError::Corrupt(_))));
+    }
+
+    /// An index for `recs` (name, in_cur, size, lf) with the given stamps.
+    fn index_of(p: &Path, recs: &[(&str, bool, Option<u64>)], stamps: [Option<DirStamp>; 2]) {
+        let mut l = Listing::default();
+        for (i, &(name, cur, size)) in recs.iter().enumerate() {
+            l.push(name.as_bytes(), cur).expect("push");
+            if let Some(s) = size {
+                l.set_sizes(i, sizes(s, s - 1));
+            }
+        }
+        l.sort_dedup();
+        let header = IndexHeader {
+            scan_start: (1_700_000_100, 0),
+            stamps,
+        };
+        write_index(p, &header, &mut l).expect("write");
+    }
+
+    #[test]
+    fn build_merges_sizes_and_keeps_unchanged_folders() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.index");
+        let (sn, sc) = (
+            stamp(1, 1_700_000_000, 1_700_000_000),
+            stamp(2, 1_700_000_000, 1_700_000_000),
+        );
+        index_of(
+            &p,
+            &[
+                ("10.A", false, Some(11)),
+                ("20.B", false, Some(21)),
+                ("30.C", false, None),
+                ("5.D:2,S", true, Some(6)),
+            ],
+            [Some(sn), Some(sc)],
+        );
+        // new/ changed: B moved to... no, cur/ is unchanged, so new/ lost A and gained E.
+        let mut ix = IndexReader::open(&p).expect("ok");
+        let new_now = stamp(1, 1_700_000_050, 1_700_000_050);
+        let mut reads = Vec::new();
+        let (l, report) = build_listing(ix.as_mut(), [Some(new_now), Some(sc)], |d, l| {
+            reads.push(d);
+            for n in ["40.E", "20.B", "30.C"] {
+                l.push(n.as_bytes(), false).expect("push");
+            }
+            Ok(())
+        })
+        .expect("build");
+        assert_eq!(reads, [0]);
+        assert_eq!(report.from_index, [false, true]);
+        assert_eq!(report.unchanged, [false, true]);
+        assert_eq!(names(&l), ["5.D:2,S", "20.B", "30.C", "40.E"]);
+        let got: Vec<Option<u64>> = l.recs.iter().map(|r| r.sized().then(|| r.size())).collect();
+        assert_eq!(got, [Some(6), Some(21), None, None]);
+
+        // Both folders changed: B was moved to cur/ and keeps its size; a copy left in new/
+        // (seen by both reads) is listed once, at its cur/ name.
+        let mut ix = IndexReader::open(&p).expect("ok");
+        let (l, report) = build_listing(ix.as_mut(), [Some(new_now), None], |d, l| {
+            let names: &[&str] = if d == 0 {
+                &["20.B"]
+            } else {
+                &["20.B:2,S", "10.A:2,"]
+            };
+            for n in names {
+                l.push(n.as_bytes(), d == 1).expect("push");
+            }
+            Ok(())
+        })
+        .expect("build");
+        assert_eq!(report.from_index, [false, false]);
+        assert_eq!(report.unchanged, [false, false]);
+        assert_eq!(names(&l), ["10.A:2,", "20.B:2,S"]);
+        let got: Vec<(bool, u64)> = l.recs.iter().map(|r| (r.in_cur(), r.size())).collect();
+        assert_eq!(got, [(true, 11), (true, 21)]);
+
+        // A damaged index is reported, not half-used.
+        let mut bytes = fs::read(&p).expect("read");
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        fs::write(&p, &bytes).expect("write");
+        let mut ix = IndexReader::open(&p).expect("header ok");
+        let r = build_listing(ix.as_mut(), [Some(sn), Some(sc)], |_, _| Ok(()));
+        assert!(matches!(r, Err(BuildError::Index(IndexError::Corrupt(_)))));
     }
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_load_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            let d = tempfile::tempdir().expect("tempdir");
-            let p = d.path().join("c.index");
-            fs::write(&p, &bytes).expect("write");
-            let (c, w) = SizeCache::load(&p);
-            proptest::prop_assert!(c.is_empty() || w.is_none());
+        fn cmp_unique_is_comparing_unique_parts(
+            a in proptest::collection::vec(proptest::sample::select(b"12:,.aS=".to_vec()), 0..12),
+            b in proptest::collection::vec(proptest::sample::select(b"12:,.aS=".to_vec()), 0..12),
+        ) {
+            proptest::prop_assert_eq!(cmp_unique(&a, &b), unique_part(&a).cmp(unique_part(&b)));
         }
 
         #[test]
-        fn round_trips(entries in proptest::collection::hash_map(
-            "[!-~]{1,40}", (0u64..1 << 40, proptest::prelude::any::<i64>(), 0i64..1_000_000_000, 0u64..3), 0..20)) {
+        fn any_bytes_read_without_panic(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            magic in proptest::prelude::any::<bool>(),
+        ) {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join("r.index");
+            let bytes = if magic { [&INDEX_MAGIC[..], &tail].concat() } else { tail };
+            fs::write(&p, &bytes).expect("write");
+            let _ = read_all(&p);
+        }
+
+        #[test]
+        fn round_trips(entries in proptest::collection::btree_map(
+            "[0-9]{1,12}\\.[!-.0-9;-~]{1,30}(:2,[A-Z]{0,4})?",
+            (proptest::prelude::any::<bool>(), proptest::option::of(0u64..1 << 40), 0u64..3),
+            0..30)) {
             let d = tempfile::tempdir().expect("tempdir");
             let p = d.path().join("c.index");
-            let mut c = SizeCache::default();
-            for (k, &(lf, s, ns, extra)) in &entries {
-                c.insert(k.as_bytes(), Sizes { lf_len: lf, mtime: (s, ns), crlf_size: lf + extra });
+            let mut l = Listing::default();
+            for (i, (name, &(cur, size, extra))) in entries.iter().enumerate() {
+                l.push(name.as_bytes(), cur).expect("push");
+                if let Some(lf) = size {
+                    l.set_sizes(i, Sizes {
+                        crlf_size: lf + extra,
+                        stat: StatKey { lf_len: lf, mtime: (i as i64 - 3, 999_999_999) },
+                    });
+                }
             }
-            c.write_if_dirty(&p).expect("write");
-            let (back, w) = SizeCache::load(&p);
-            proptest::prop_assert!(w.is_none(), "{:?}", w);
-            proptest::prop_assert_eq!(back.entries, c.entries);
+            let header = IndexHeader { scan_start: (-1, 0), stamps: [None, None] };
+            write_index(&p, &header, &mut l).expect("write");
+            let (h, recs) = read_all(&p).expect("valid");
+            proptest::prop_assert_eq!(h, header);
+            proptest::prop_assert_eq!(recs.len(), l.recs.len());
+            for (i, old) in recs.iter().enumerate() {
+                let r = l.recs[i];
+                proptest::prop_assert_eq!(old.name, l.name(&r));
+                proptest::prop_assert_eq!(old.in_cur, r.in_cur());
+                proptest::prop_assert_eq!(old.size, r.sized().then(|| r.size()));
+                if r.by_stat() {
+                    proptest::prop_assert_eq!(old.stat, l.stat_key(i));
+                }
+            }
         }
     }
 }
