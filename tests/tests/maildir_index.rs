@@ -72,6 +72,26 @@ fn generate(md: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// First bytes of the Maildir index (libspool/src/maildir_index.rs).
+const MAGIC: &[u8] = b"POPSPMD\x02";
+
+/// The message names recorded in an index: every run of name bytes ending in `marker` plus
+/// what follows up to a byte that cannot be in these test names.
+fn names_in(index: &[u8], marker: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(index);
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices(marker) {
+        let start = text[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+            .map_or(0, |i| i + 1);
+        let end = text[at..]
+            .find(|c: char| !(c.is_ascii_graphic()))
+            .map_or(text.len(), |i| at + i);
+        out.push(text[start..end].to_string());
+    }
+    out
+}
+
 fn cache_file(state: &Path) -> PathBuf {
     fs::read_dir(state)
         .unwrap()
@@ -108,16 +128,14 @@ fn warm_sessions_answer_as_cold_ones_and_read_no_message() {
     let cold = session(&state, &md, true);
     let cache = cache_file(&state);
     assert_eq!(fs::metadata(&cache).unwrap().mode() & 0o777, 0o600);
-    let text = fs::read_to_string(&cache).unwrap();
-    assert!(text.starts_with("popspool-maildir-sizes 1\n"), "{text}");
-    assert_eq!(text.lines().count(), 30 + 2);
-    let before = fs::metadata(&cache).unwrap().modified().unwrap();
-    assert_eq!(session(&state, &md, true), cold);
-    assert_eq!(
-        fs::metadata(&cache).unwrap().modified().unwrap(),
-        before,
-        "an unchanged Maildir does not rewrite its cache"
+    let bytes = fs::read(&cache).unwrap();
+    assert!(
+        bytes.starts_with(MAGIC),
+        "{:?}",
+        &bytes[..bytes.len().min(16)]
     );
+    assert_eq!(names_in(&bytes, ".host").len(), 30);
+    assert_eq!(session(&state, &md, true), cold);
     // Every message forged behind the cache's back (same length and mtime): the warm session
     // still lists the cached sizes, so it read none of them.
     // (The RETR sessions moved the new/ ones to cur/ as seen.)
@@ -153,19 +171,33 @@ fn changed_files_are_measured_and_a_damaged_cache_is_rebuilt() {
     let no_cache = dir.path().join("nocache");
     let want = session(&no_cache, &md, true);
     assert_eq!(session(&state, &md, true), want);
-    let text = fs::read_to_string(cache_file(&state)).unwrap();
-    assert!(!text.contains(".M0P1Q0."), "deleted message pruned: {text}");
-    assert!(text.contains("1800000000.M1P1Q1.host 4 "), "{text}");
+    let bytes = fs::read(cache_file(&state)).unwrap();
+    let names = names_in(&bytes, ".host");
+    assert!(
+        !names.iter().any(|n| n.contains(".M0P1Q0.")),
+        "deleted message pruned: {names:?}"
+    );
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("1800000000.M1P1Q1.host")));
     // Damaged in several ways: never fatal, same answers, rebuilt.
     let cache = cache_file(&state);
+    let good = fs::read(&cache).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x20;
     for junk in [
         b"".as_slice(),
+        MAGIC,
         b"popspool-maildir-sizes 1\n",
         b"\xff\xfe garbage",
+        &good[..good.len() - 1],
+        &flipped,
     ] {
         fs::write(&cache, junk).unwrap();
         assert_eq!(session(&state, &md, true), want);
-        let text = fs::read_to_string(&cache).unwrap();
-        assert!(text.starts_with("popspool-maildir-sizes 1\n1"), "{text}");
+        let bytes = fs::read(&cache).unwrap();
+        assert!(bytes.starts_with(MAGIC), "rebuilt");
+        assert_eq!(names_in(&bytes, ".host").len(), 12);
     }
 }
