@@ -67,6 +67,10 @@ pub struct Opts {
     /// Bench pop-serve alone.
     #[arg(long)]
     no_dovecot: bool,
+    /// Only these scenarios, comma-separated (stat, list, uidl, retr-all, top-all,
+    /// dele-half, dele-all); all by default.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
     /// Mailbox formats, comma-separated: mbox, maildir.
     #[arg(long, value_delimiter = ',', default_value = "mbox,maildir")]
     formats: Vec<String>,
@@ -200,11 +204,21 @@ fn run(mut opts: Opts) -> Result<(), String> {
     }
     std::fs::create_dir_all(&opts.work).map_err(|e| format!("{}: {e}", opts.work.display()))?;
     let work = std::fs::canonicalize(&opts.work).map_err(|e| e.to_string())?;
+    let scenarios = match &opts.scenarios {
+        None => None,
+        Some(words) => Some(
+            words
+                .iter()
+                .map(|w| scenario::Scn::parse(w).ok_or(format!("unknown scenario {w}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     let cfg = scenario::Config {
         work,
         env,
         reps,
         dovecot,
+        scenarios,
     };
     let growth = if opts.no_growth {
         None

@@ -16,6 +16,8 @@ pub struct Config {
     pub env: Env,
     pub reps: usize,
     pub dovecot: bool,
+    /// Only these scenarios (all when `None`).
+    pub scenarios: Option<Vec<Scn>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,27 @@ impl State {
             State::Warm => "later",
             State::NewMail => "new mail",
         }
+    }
+}
+
+impl Scn {
+    /// The scenario a `--scenarios` word names: its table name, case-insensitive, or the
+    /// part before its first space or `+` (`stat`, `retr-all`, `top-all`, `dele-half`).
+    pub fn parse(word: &str) -> Option<Scn> {
+        let all = [
+            Scn::Stat,
+            Scn::List,
+            Scn::Uidl,
+            Scn::RetrAll,
+            Scn::TopAll,
+            Scn::DeleHalf,
+            Scn::DeleAll,
+        ];
+        all.into_iter().find(|s| {
+            let name = s.name();
+            let short = name.split([' ', '+']).next().unwrap_or(name);
+            word.eq_ignore_ascii_case(name) || word.eq_ignore_ascii_case(short)
+        })
     }
 }
 
@@ -531,6 +554,13 @@ pub fn run_all(
         for g in &gens {
             let mut rows = Vec::new();
             for &(scn, state) in ROWS {
+                if cfg
+                    .scenarios
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&scn))
+                {
+                    continue;
+                }
                 let mut cells = run_row(cfg, &runs, g, Corpus::Realistic, scn, state)?;
                 let dc = (cells.len() > 1).then(|| cells.remove(1));
                 rows.push(Row {
