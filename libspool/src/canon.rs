@@ -183,6 +183,73 @@ impl Wire {
     }
 }
 
+/// Read size of [`send_wire`]: large reads for large messages, one read for most.
+pub const WIRE_READ: usize = 128 * 1024;
+
+/// How [`send_wire`] failed.
+#[derive(Debug)]
+pub(crate) enum WireError {
+    /// Nothing left the sink (the staged status line was dropped): a clean `-ERR` is possible.
+    BeforeStart(io::Error),
+    /// Part of the response may have left.
+    During(io::Error),
+}
+
+/// Streams the `len` raw bytes of `src` in wire form into `w` (status line first), letting
+/// them leave as they come: for sources with nothing to check before sending (a Maildir
+/// message, immutable by convention and opened a moment ago). One copy in user space, as for
+/// mbox. Returns the canonical octets written (LIST's size for RETR).
+pub(crate) fn send_wire(
+    src: &mut dyn Read,
+    len: u64,
+    opts: CanonOptions,
+    body_lines: Option<u64>,
+    w: &mut dyn crate::mailbox::WireOut,
+) -> Result<u64, WireError> {
+    let mut wire = Wire::new(opts, body_lines, None);
+    let mark = w.start();
+    let cap = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .clamp(1, WIRE_READ);
+    let mut pooled = Pooled::take(IN_BUF, cap);
+    let buf = &mut pooled.v[..cap];
+    let mut left = len;
+    let mut spilled = false;
+    let fail = |spilled: bool, w: &mut dyn crate::mailbox::WireOut, e: io::Error| {
+        if spilled {
+            WireError::During(e)
+        } else {
+            w.cancel(mark);
+            WireError::BeforeStart(e)
+        }
+    };
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "message ended early (changed while being read?)",
+                );
+                return Err(fail(spilled, w, e));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(spilled, w, e)),
+        };
+        left -= n as u64;
+        let done = wire.feed(&buf[..n], w.buf()).map_err(WireError::During)?;
+        w.spill().map_err(WireError::During)?;
+        spilled = true;
+        if done {
+            return Ok(wire.written());
+        }
+    }
+    wire.finish(w.buf()).map_err(WireError::During)?;
+    w.spill().map_err(WireError::During)?;
+    Ok(wire.written())
+}
+
 /// Which per-thread buffer a [`Pooled`] borrows.
 pub(crate) const IN_BUF: usize = 0;
 const OUT_BUF: usize = 1;
@@ -1331,6 +1398,65 @@ mod tests {
         }
     }
 
+    /// A `WireOut` like the session's: staged bytes leave at every spill.
+    #[derive(Default)]
+    struct Spilling {
+        sent: Vec<u8>,
+        buf: Vec<u8>,
+        spills: usize,
+    }
+
+    impl crate::mailbox::WireOut for Spilling {
+        fn start(&mut self) -> usize {
+            let m = self.buf.len();
+            self.buf.extend_from_slice(b"+OK\r\n");
+            m
+        }
+        fn buf(&mut self) -> &mut Vec<u8> {
+            &mut self.buf
+        }
+        fn spill(&mut self) -> io::Result<()> {
+            self.spills += 1;
+            self.sent.append(&mut self.buf);
+            Ok(())
+        }
+        fn cancel(&mut self, mark: usize) {
+            assert!(self.sent.is_empty(), "cancel after bytes left");
+            self.buf.truncate(mark);
+        }
+    }
+
+    /// Serves `data` in pieces of at most `piece` bytes, then EOF.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.data.len().min(buf.len()).min(self.piece);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn send_wire_refuses_cleanly_before_anything_left_and_ends_after() {
+        // The source is empty though 5 bytes were promised: nothing was spilled, so the
+        // staged status line is dropped and the error is BeforeStart.
+        let mut w = Spilling::default();
+        let mut src = Pieces { data: b"", piece: 9 };
+        let e = send_wire(&mut src, 5, CanonOptions::PLAIN, None, &mut w).unwrap_err();
+        assert!(matches!(e, WireError::BeforeStart(_)));
+        assert!(w.sent.is_empty() && w.buf.is_empty());
+        // Short after the first read: part of the message may have left.
+        let mut w = Spilling::default();
+        let mut src = Pieces { data: b"abc\n", piece: 2 };
+        let e = send_wire(&mut src, 9, CanonOptions::PLAIN, None, &mut w).unwrap_err();
+        assert!(matches!(e, WireError::During(_)));
+    }
+
     proptest! {
         #[test]
         fn lfs_finds_every_lf(
@@ -1361,6 +1487,24 @@ mod tests {
             // The header digest is the one the scan's machine computes, whatever the options.
             let (_, _, plain) = wire(&raw, CanonOptions::PLAIN, None, &[]);
             prop_assert_eq!(digest, plain);
+        }
+
+        #[test]
+        fn send_wire_is_the_stuffed_canonical_form(
+            raw in line_strategy(),
+            opts in opts_strategy(),
+            piece in 1usize..64,
+            top in proptest::option::of(0u64..6),
+        ) {
+            let mut w = Spilling::default();
+            let mut src = Pieces { data: &raw, piece };
+            let n = send_wire(&mut src, raw.len() as u64, opts, top, &mut w).unwrap();
+            let canonical = reference_canon(&raw, opts, top);
+            let mut want = b"+OK\r\n".to_vec();
+            want.extend_from_slice(&stuffed(&canonical));
+            w.sent.append(&mut w.buf);
+            prop_assert_eq!(w.sent, want);
+            prop_assert_eq!(n, canonical.len() as u64);
         }
 
         #[test]

@@ -629,6 +629,18 @@ impl Mailbox for Maildir {
         if !meta.is_file() {
             return Err(RetrieveError::BeforeStart(MailboxError::MessageGone));
         }
+        if let Some(w) = sink.wire() {
+            return match canon::send_wire(&mut file, meta.len(), CanonOptions::PLAIN, body_lines, w)
+            {
+                Ok(_) => Ok(()),
+                Err(canon::WireError::BeforeStart(e)) => Err(RetrieveError::BeforeStart(
+                    MailboxError::Io("read a message", e),
+                )),
+                Err(canon::WireError::During(e)) => {
+                    Err(RetrieveError::During(MailboxError::Io("send a message", e)))
+                }
+            };
+        }
         // Once begin() is called the client may have seen +OK: every later failure is During.
         sink.begin()
             .map_err(|e| RetrieveError::During(MailboxError::Io("send a message", e)))?;
