@@ -1446,13 +1446,19 @@ mod tests {
         // The source is empty though 5 bytes were promised: nothing was spilled, so the
         // staged status line is dropped and the error is BeforeStart.
         let mut w = Spilling::default();
-        let mut src = Pieces { data: b"", piece: 9 };
+        let mut src = Pieces {
+            data: b"",
+            piece: 9,
+        };
         let e = send_wire(&mut src, 5, CanonOptions::PLAIN, None, &mut w).unwrap_err();
         assert!(matches!(e, WireError::BeforeStart(_)));
         assert!(w.sent.is_empty() && w.buf.is_empty());
         // Short after the first read: part of the message may have left.
         let mut w = Spilling::default();
-        let mut src = Pieces { data: b"abc\n", piece: 2 };
+        let mut src = Pieces {
+            data: b"abc\n",
+            piece: 2,
+        };
         let e = send_wire(&mut src, 9, CanonOptions::PLAIN, None, &mut w).unwrap_err();
         assert!(matches!(e, WireError::During(_)));
     }
