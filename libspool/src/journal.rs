@@ -389,7 +389,7 @@ pub(crate) fn sync_parent(path: &Path) -> Result<(), MailboxError> {
 
 /// Reads exactly `buf.len()` bytes at `off`; a file shorter than that means someone changed
 /// it under the lock.
-fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> Result<(), MailboxError> {
+pub(crate) fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> Result<(), MailboxError> {
     f.read_exact_at(buf, off).map_err(|e| {
         if e.kind() == ErrorKind::UnexpectedEof {
             MailboxError::Changed("file shorter than expected".into())
@@ -796,17 +796,17 @@ fn create_tmp(
 }
 
 /// Copies round `r` into the mailbox: sources below `r.save.end` from the journal's saved
-/// bytes, the others from the mailbox. Writes only `[p0 + r.t, p0 + r.t_end)`.
+/// bytes, the others from the mailbox. Writes only `[p0 + r.t, p0 + r.t_end)`. `c` is at
+/// `r.t` and is left at `r.t_end` (or where a simulated crash stopped).
 fn copy_round(
     j: &Journal,
     mbox: &File,
     r: &Round,
+    c: &mut Cursor,
     budget: &mut Option<u64>,
     buf: &mut [u8],
 ) -> Result<bool, MailboxError> {
-    let mut c = Cursor::START;
-    // Rounds are long; finding the start by walking the pieces is cheap next to the copy.
-    c.seek(&j.pieces, r.t);
+    debug_assert_eq!(c.t, r.t);
     let mut dst = j.h.p0 + r.t;
     let mut fill = 0usize;
     let mut left = r.t_end - r.t;
@@ -925,23 +925,22 @@ fn run(
             Crash::MidCopy(n) => Some(n),
             _ => None,
         };
+        // One cursor walks the kept ranges once, round after round.
+        let mut c = Cursor::START;
         // The last recorded round may have been cut short: it is repeatable until the next
         // record is durable, and nothing later was started.
         if let Some(r) = j.last.clone() {
-            if !copy_round(&j, mbox, &r, &mut budget, &mut buf)? {
+            c.seek(&j.pieces, r.t);
+            if !copy_round(&j, mbox, &r, &mut c, &mut budget, &mut buf)? {
                 return Ok(Reached::Crashed);
             }
             mbox.sync_data().map_err(io_err("sync the mailbox"))?;
         }
         loop {
-            let (mut c, k) = match &j.last {
-                Some(r) => (Cursor::START, r.k + 1),
-                None => (Cursor::START, 0),
-            };
-            c.seek(&j.pieces, j.last.as_ref().map_or(0, |r| r.t_end));
             if c.t >= h.tail_len {
                 break;
             }
+            let k = j.last.as_ref().map_or(0, |r| r.k + 1);
             let Some(mut r) = plan_round(&h, &j.pieces, c, k, min_round) else {
                 return Err(MailboxError::Journal("pieces end before the tail".into()));
             };
@@ -960,7 +959,7 @@ fn run(
             if crash == Crash::AfterRecord(k) {
                 return Ok(Reached::Crashed);
             }
-            if !copy_round(&j, mbox, &r, &mut budget, &mut buf)? {
+            if !copy_round(&j, mbox, &r, &mut c, &mut budget, &mut buf)? {
                 return Ok(Reached::Crashed);
             }
             mbox.sync_data().map_err(io_err("sync the mailbox"))?;

@@ -51,9 +51,7 @@ pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), M
         return Err(MailboxError::MessageGone);
     }
     let d = digest_at(file, info).map_err(crate::error::io_err("read the mailbox"))?;
-    let mut hex = String::with_capacity(uidl::UIDL_HEX_LEN);
-    uidl::push_hex(&mut hex, &d);
-    if hex != digest_hex {
+    if !hex_is(digest_hex, &d) {
         return Err(MailboxError::MessageGone);
     }
     Ok(())
@@ -337,7 +335,7 @@ fn send_wire(
 
 /// `hex` is the lowercase hex of `d` (what `uidl::push_hex` writes), compared without
 /// building a string for every message sent.
-fn hex_is(hex: &str, d: &uidl::MessageDigest) -> bool {
+pub(crate) fn hex_is(hex: &str, d: &uidl::MessageDigest) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let h = hex.as_bytes();
     h.len() == 2 * d.len()

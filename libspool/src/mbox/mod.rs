@@ -20,7 +20,7 @@ use scan::{MessageInfo, ScanResult};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How `>From ` lines are read.
@@ -259,16 +259,14 @@ impl MboxMailbox {
             let at = start - lead;
             let want = (info.next_start() + FROM_.len() as u64).min(len) - at;
             let n = usize::try_from(want).unwrap_or(usize::MAX).min(buf.len());
-            read_at(&self.file, &mut buf[..n], at)?;
+            journal::read_exact_at(&self.file, &mut buf[..n], at)?;
             let (lf, head) = buf[..n].split_at(lead as usize);
             if lf.iter().any(|&c| c != b'\n') || !head.starts_with(FROM_) {
                 return Err(gone());
             }
             let d =
                 scan::digest_with(&self.file, info, head).map_err(io_err("read the mailbox"))?;
-            let mut hex = String::with_capacity(uidl::UIDL_HEX_LEN);
-            uidl::push_hex(&mut hex, &d);
-            if hex != self.scan.digest_hex(i) {
+            if !message::hex_is(self.scan.digest_hex(i), &d) {
                 return Err(gone());
             }
             let next = info.next_start();
@@ -278,7 +276,7 @@ impl MboxMailbox {
                 let have = match head.get(rel..rel + FROM_.len()) {
                     Some(b) => b,
                     None => {
-                        read_at(&self.file, &mut five, next)?;
+                        journal::read_exact_at(&self.file, &mut five, next)?;
                         &five[..]
                     }
                 };
@@ -295,17 +293,6 @@ impl MboxMailbox {
 /// block and the next `From ` line in one `pread` for all but the largest messages.
 pub const COMMIT_CHECK_READ: usize = 16 * 1024;
 const FROM_: &[u8] = b"From ";
-
-/// `read_exact_at` for the commit check: a short file means the mailbox changed.
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> Result<(), MailboxError> {
-    file.read_exact_at(buf, at).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            MailboxError::Changed("mailbox became shorter".into())
-        } else {
-            MailboxError::Io("read the mailbox", e)
-        }
-    })
-}
 
 /// Whole-message ranges `[From line, next From line)` of `deleted`, sorted, adjacent ones
 /// merged (fewer, larger moves for compact).
