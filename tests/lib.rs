@@ -5,6 +5,7 @@
 pub mod gen;
 pub mod listen;
 pub mod pop;
+pub mod tlsca;
 
 use std::path::PathBuf;
 

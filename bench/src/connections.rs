@@ -11,7 +11,7 @@
 //! servers within each concurrency level so that drift on a shared machine hits all alike.
 //! Every reply is checked; a session counts only when all of it was right.
 
-use libspool::auth::crypt;
+use spool_login::auth::crypt;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
@@ -28,16 +28,16 @@ pub const LEVELS: &[usize] = &[1, 4, 16, 64];
 /// (Dovecot limits connections per user and IP; a shared mbox would serialise on its lock).
 pub const USERS: usize = 64;
 /// Per-thread socket timeout: a session stuck this long counts as an error.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server gets to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// tcpserver's connection limit (`-c`): far above the highest level, so it never queues.
-const TCPSERVER_LIMIT: &str = "400";
+pub(crate) const TCPSERVER_LIMIT: &str = "400";
 /// tcpserver's listen backlog (`-b`, default 20): Dovecot listens with a larger one, and a
 /// full backlog costs a 1 s SYN retransmit, which would measure the backlog, not the chain.
-const TCPSERVER_BACKLOG: &str = "256";
+pub(crate) const TCPSERVER_BACKLOG: &str = "256";
 /// Messages in each user's mailbox: STAT must find this many.
-const MESSAGES: u64 = 1;
+pub(crate) const MESSAGES: u64 = 1;
 /// Verifications timed per scheme for the per-login hash cost.
 const HASH_SAMPLES: u32 = 10;
 
@@ -81,7 +81,7 @@ pub struct ConnOpts {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scheme {
+pub(crate) enum Scheme {
     Plain,
     Sha512,
     Yescrypt,
@@ -142,10 +142,10 @@ impl Srv {
     }
 }
 
-fn user(i: usize) -> String {
+pub(crate) fn user(i: usize) -> String {
     format!("u{i:02}")
 }
-fn password(i: usize) -> String {
+pub(crate) fn password(i: usize) -> String {
     format!("pw-{i:02}-bench")
 }
 
@@ -192,13 +192,13 @@ impl Slot {
     }
 }
 
-struct Owner {
-    uid: u32,
-    gid: u32,
-    root: bool,
+pub(crate) struct Owner {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) root: bool,
 }
 
-fn owner() -> Owner {
+pub(crate) fn owner() -> Owner {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     if uid == 0 {
@@ -226,14 +226,14 @@ fn owner() -> Owner {
     }
 }
 
-fn chown(p: &Path, o: &Owner) -> io::Result<()> {
+pub(crate) fn chown(p: &Path, o: &Owner) -> io::Result<()> {
     if o.root {
         std::os::unix::fs::lchown(p, Some(o.uid), Some(o.gid))?;
     }
     Ok(())
 }
 
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -248,7 +248,7 @@ fn mailbox_text(i: usize) -> String {
 }
 
 /// Builds WORK/conn/SCHEME: the passwd-file, a spool per server, Dovecot's homes.
-fn world(dir: &Path, scheme: Scheme, o: &Owner) -> Result<(), String> {
+pub(crate) fn world(dir: &Path, scheme: Scheme, o: &Owner) -> Result<(), String> {
     let e = |p: &Path, err: io::Error| format!("{}: {err}", p.display());
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(|err| e(dir, err))?;
@@ -286,7 +286,7 @@ fn world(dir: &Path, scheme: Scheme, o: &Owner) -> Result<(), String> {
 }
 
 /// Waits until `port` answers with a greeting line.
-fn wait_for(port: u16, child: &mut Child) -> Result<(), String> {
+pub(crate) fn wait_for(port: u16, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -307,9 +307,17 @@ fn wait_for(port: u16, child: &mut Child) -> Result<(), String> {
     }
 }
 
-fn tcpserver(port: u16, argv: &[String], log: &Path) -> Result<Child, String> {
+/// tcpserver on 127.0.0.1:`port` running `argv`; `flags` go before the others (the TLS
+/// bench adds `-D`, TCP_NODELAY).
+pub(crate) fn tcpserver(
+    port: u16,
+    flags: &[&str],
+    argv: &[String],
+    log: &Path,
+) -> Result<Child, String> {
     let log = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     Command::new("tcpserver")
+        .args(flags)
         .args([
             "-q",
             "-R",
@@ -331,7 +339,9 @@ fn tcpserver(port: u16, argv: &[String], log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("tcpserver: {e} (Debian package ucspi-tcp)"))
 }
 
-fn start_chain(dir: &Path, bins: &Path) -> Result<(Child, u16), String> {
+/// The login chain's argv (pop-popup → pop-checkpassword → pop-serve) on DIR's users and
+/// DIR/spool-chain.
+pub(crate) fn chain_argv(dir: &Path, bins: &Path) -> Result<Vec<String>, String> {
     for b in ["pop-popup", "pop-checkpassword", "pop-serve"] {
         if !bins.join(b).is_file() {
             return Err(format!(
@@ -362,8 +372,13 @@ fn start_chain(dir: &Path, bins: &Path) -> Result<(Child, u16), String> {
         "--spool-dir".into(),
         s(dir.join("spool-chain")),
     ];
+    Ok(argv)
+}
+
+fn start_chain(dir: &Path, bins: &Path) -> Result<(Child, u16), String> {
+    let argv = chain_argv(dir, bins)?;
     let port = free_port().map_err(|e| e.to_string())?;
-    let mut child = tcpserver(port, &argv, &dir.join("chain.log"))?;
+    let mut child = tcpserver(port, &[], &argv, &dir.join("chain.log"))?;
     match wait_for(port, &mut child) {
         Ok(()) => Ok((child, port)),
         Err(e) => {
@@ -391,7 +406,7 @@ fn start_floor(dir: &Path, floor: &Path) -> Result<(Child, u16), String> {
         s(dir.join("spool-floor")),
     ];
     let port = free_port().map_err(|e| e.to_string())?;
-    let mut child = tcpserver(port, &argv, &dir.join("floor.log"))?;
+    let mut child = tcpserver(port, &[], &argv, &dir.join("floor.log"))?;
     match wait_for(port, &mut child) {
         Ok(()) => Ok((child, port)),
         Err(e) => {
@@ -405,25 +420,49 @@ fn start_floor(dir: &Path, floor: &Path) -> Result<(Child, u16), String> {
 /// and log, POP3 only, plaintext logins allowed without TLS, the same passwd-file for passdb
 /// and userdb, and an mbox INBOX in the same spool layout the chain reads. No auth cache
 /// (the default), so every login verifies its hash, as the chain's does.
-fn dovecot_conf(dir: &Path, port: u16) -> String {
+/// With `tls` (certificate, key): `ssl = required` and the listener on pop3s (implicit TLS)
+/// instead.
+fn dovecot_conf(dir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> String {
     let d = dir.display();
+    let (plain_port, tls_port, ssl) = match tls {
+        None => (port, 0, "ssl = no".to_string()),
+        Some((cert, key)) => (
+            0,
+            port,
+            format!(
+                "ssl = required\nssl_cert = <{}\nssl_key = <{}",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    };
     format!(
         "base_dir = {d}/dovecot-base\nstate_dir = {d}/dovecot-state\n\
          log_path = {d}/dovecot.log\ninfo_log_path = {d}/dovecot.log\n\
-         listen = 127.0.0.1\nprotocols = pop3\nssl = no\n\
+         listen = 127.0.0.1\nprotocols = pop3\n{ssl}\n\
          disable_plaintext_auth = no\nauth_mechanisms = plain\n\
          first_valid_uid = 1\nfirst_valid_gid = 1\n\
          mail_location = mbox:~/mail:INBOX={d}/spool-dovecot/%1u/%u\n\
          mbox_write_locks = fcntl\npop3_uidl_format = %08Xu%08Xv\n\
          passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
          userdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
-         service pop3-login {{\n  inet_listener pop3 {{\n    port = {port}\n  }}\n  \
-         inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
+         service pop3-login {{\n  inet_listener pop3 {{\n    port = {plain_port}\n  }}\n  \
+         inet_listener pop3s {{\n    port = {tls_port}\n  }}\n}}\n\
          default_internal_user = dovecot\ndefault_login_user = dovenull\n"
     )
 }
 
 fn start_dovecot(dir: &Path, o: &Owner) -> Result<(Child, u16), String> {
+    start_dovecot_with(dir, o, None, &wait_for)
+}
+
+/// Dovecot's daemon on DIR, plaintext or (with `tls`) implicit TLS; `ready` waits for its port.
+pub(crate) fn start_dovecot_with(
+    dir: &Path,
+    o: &Owner,
+    tls: Option<(&Path, &Path)>,
+    ready: &dyn Fn(u16, &mut Child) -> Result<(), String>,
+) -> Result<(Child, u16), String> {
     let dovecot = ["/usr/sbin/dovecot", "dovecot"]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().is_ok())
@@ -436,7 +475,7 @@ fn start_dovecot(dir: &Path, o: &Owner) -> Result<(Child, u16), String> {
         fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
     }
     let conf = dir.join("dovecot.conf");
-    fs::write(&conf, dovecot_conf(dir, port)).map_err(|e| e.to_string())?;
+    fs::write(&conf, dovecot_conf(dir, port, tls)).map_err(|e| e.to_string())?;
     let mut child = Command::new(dovecot)
         .arg("-F")
         .arg("-c")
@@ -448,7 +487,7 @@ fn start_dovecot(dir: &Path, o: &Owner) -> Result<(Child, u16), String> {
         ))
         .spawn()
         .map_err(|e| format!("{dovecot}: {e}"))?;
-    match wait_for(port, &mut child) {
+    match ready(port, &mut child) {
         Ok(()) => Ok((child, port)),
         Err(e) => {
             stop(&mut child);
@@ -465,7 +504,7 @@ fn start_dovecot(dir: &Path, o: &Owner) -> Result<(Child, u16), String> {
 }
 
 /// SIGTERM (tcpserver and Dovecot's master both exit cleanly on it), then reap.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     // SAFETY: kill on our own child's pid, which we have not reaped yet.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -529,7 +568,7 @@ fn session(addr: &SocketAddr, i: usize, buf: &mut String) -> Result<(), String> 
 }
 
 /// CPU ticks (user+system, own and reaped children) of `root` and all its descendants.
-fn tree_ticks(root: u32) -> Option<u64> {
+pub(crate) fn tree_ticks(root: u32) -> Option<u64> {
     let mut procs: Vec<(u32, u32, u64)> = Vec::new();
     for e in fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -568,7 +607,7 @@ fn tree_ticks(root: u32) -> Option<u64> {
     counted.contains(&root).then_some(total)
 }
 
-fn self_cpu() -> Duration {
+pub(crate) fn self_cpu() -> Duration {
     // SAFETY: an all-zero rusage is valid; getrusage fills it.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: u is a live rusage.
@@ -658,7 +697,7 @@ fn median_cell(mut v: Vec<Cell>) -> Option<Cell> {
 /// The cost of one verification in this process (libcrypt, as pop-checkpassword calls it).
 fn hash_cost(scheme: Scheme) -> Option<Duration> {
     let prefix = match scheme {
-        // The equal-time dummy hash libspool's auth may spend on logins without a crypt hash.
+        // The equal-time dummy hash spool-login's auth may spend on logins without a crypt hash.
         Scheme::Plain => {
             let t0 = Instant::now();
             for _ in 0..HASH_SAMPLES {
@@ -830,7 +869,7 @@ fn render(opts: &ConnOpts, results: &[SchemeResult], o: &Owner, static_floor: &s
         let _ = writeln!(out, "### {}\n", r.scheme.name());
         if let Some(h) = r.hash {
             let what = if r.scheme == Scheme::Plain {
-                "One `libspool::auth::crypt::dummy_verify` (the equal-time dummy hash at \
+                "One `spool_login::auth::crypt::dummy_verify` (the equal-time dummy hash at \
                  `DUMMY_SETTING`, yescrypt) in-process"
             } else {
                 "One verification of this hash in-process (libcrypt `crypt_rn`)"

@@ -7,6 +7,7 @@
 //! correct server must send for it (before byte-stuffing) is therefore the original with CRLF
 //! line endings: `len + number of lines`, recorded per message in `expected-*.bin`.
 
+use spool_store::mbox::from_line;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -196,61 +197,18 @@ const DOMAINS: &[&str] = &[
     "mail.example.co.uk",
     "lists.example.edu",
 ];
-const DAYS: &[&str] = &["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: &[&str] = &[
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// (year, month 1-12, day, hh, mm, ss, weekday index into DAYS) of a Unix time.
-fn civil(t: i64) -> (i64, usize, i64, i64, i64, i64, usize) {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m as usize,
-        d,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        days.rem_euclid(7) as usize,
-    )
-}
-
 fn rfc2822(t: i64) -> String {
-    let (y, m, d, hh, mm, ss, wd) = civil(t);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[wd],
-        d,
-        MONTHS[m - 1],
-        y,
-        hh,
-        mm,
-        ss
-    )
-}
-
-fn asctime(t: i64) -> String {
-    let (y, m, d, hh, mm, ss, wd) = civil(t);
-    format!(
-        "{} {} {:2} {:02}:{:02}:{:02} {}",
-        DAYS[wd],
-        MONTHS[m - 1],
-        d,
-        hh,
-        mm,
-        ss,
-        y
+        from_line::weekday_name(t.weekday()),
+        t.day(),
+        from_line::month_name(t.month()),
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -275,7 +233,12 @@ impl Message {
 
     /// Appends the mbox form (From line, quoted text, blank separator line) to `out`.
     pub fn write_mbox(&self, out: &mut impl Write) -> io::Result<()> {
-        writeln!(out, "From {} {}", self.sender, asctime(self.arrival))?;
+        writeln!(
+            out,
+            "From {} {}",
+            self.sender,
+            from_line::asctime_utc(self.arrival)
+        )?;
         let mut from = 0;
         for &q in &self.quote_at {
             out.write_all(&self.text[from..q])?;
@@ -577,6 +540,9 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc2822(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(asctime(1_700_000_000), "Tue Nov 14 22:13:20 2023");
+        assert_eq!(
+            from_line::asctime_utc(1_700_000_000),
+            "Tue Nov 14 22:13:20 2023"
+        );
     }
 }

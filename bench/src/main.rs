@@ -13,6 +13,7 @@ mod report;
 mod scenario;
 mod server;
 mod spawn;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use server::{Env, Format};
@@ -48,6 +49,9 @@ enum Cmd {
     /// Connection rate through the whole login chain (tcpserver) vs Dovecot's daemon and a
     /// trivial three-program floor.
     Connections(connections::ConnOpts),
+    /// POP3 over TLS: sessions/s and server CPU through pop-tls, Dovecot with TLS,
+    /// tlswrapper and stunnel4, resumed sessions, and RETR throughput over TLS.
+    Tls(tls::TlsOpts),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -103,11 +107,16 @@ fn main() -> ExitCode {
         spawn::main(&args[2..]);
     }
     let cli = Cli::parse();
-    if let Some(Cmd::Connections(opts)) = cli.cmd {
-        return match connections::run(opts) {
+    let sub = match cli.cmd {
+        Some(Cmd::Connections(opts)) => Some(("connections", connections::run(opts))),
+        Some(Cmd::Tls(opts)) => Some(("tls", tls::run(opts))),
+        None => None,
+    };
+    if let Some((name, r)) = sub {
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("popspool-bench connections: {e}");
+                eprintln!("popspool-bench {name}: {e}");
                 ExitCode::from(1)
             }
         };

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use libspool::pop3::command::{parse, Command};
+use spool_wire::pop3::command::{parse, Command};
 
 fuzz_target!(|line: &[u8]| {
     let Ok(cmd) = parse(line) else { return };

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use libspool::pop3::line::{Line, LineBuffer};
+use spool_wire::pop3::line::{Line, LineBuffer};
 
 fuzz_target!(|data: &[u8]| {
     // First byte: the limit (small limits reach the edge cases faster; 255 is the real one).

@@ -95,7 +95,7 @@ fn world(how: Launcher, msgs: &[Message], popup_extra: &[&str]) -> Option<World>
     fs::create_dir_all(dir.path().join("spool/d")).unwrap();
     chown(&home.join("demo"), uid, gid);
     chown(&dir.path().join("spool/d"), uid, gid);
-    let crypt = libspool::auth::crypt::hash_password(PASSWORD.as_bytes(), "$6$").unwrap();
+    let crypt = spool_login::auth::crypt::hash_password(PASSWORD.as_bytes(), "$6$").unwrap();
     let users = format!(
         "demo:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{h}/demo::\ncrypted:{{SHA512-CRYPT}}{crypt}:{uid}:{gid}::{h}/demo::\n",
         h = home.display()

@@ -1,11 +1,11 @@
 //! pop-checkpassword black-boxed through fd 3, by exit code (1 bad credentials, 2 misuse,
 //! 111 temporary failure, otherwise the exec'd program's), with the exec'd program reporting the
 //! environment and ids it was given. Hashes of every format are made at test time through
-//! libcrypt (libspool::auth::crypt), so no extra package is needed.
+//! libcrypt (spool_login::auth::crypt), so no extra package is needed.
 
-use libspool::auth::apop;
-use libspool::auth::crypt::hash_password;
 use popspool_tests::{bin, is_root, skip};
+use spool_login::auth::apop;
+use spool_login::auth::crypt::hash_password;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};

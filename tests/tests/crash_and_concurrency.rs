@@ -127,12 +127,12 @@ fn deliveries_racing_sessions_lose_nothing() {
                     .write(true)
                     .open(&path)
                     .unwrap();
-                let opts = libspool::lock::LockOptions {
+                let opts = spool_store::lock::LockOptions {
                     helper: None,
                     wait: Duration::from_secs(30),
-                    stale_age: libspool::limits::STALE_DOTLOCK_AGE,
+                    stale_age: spool_wire::limits::STALE_DOTLOCK_AGE,
                 };
-                let lock = libspool::lock::ContentLock::acquire(&path, &f, &opts).expect("lock");
+                let lock = spool_store::lock::ContentLock::acquire(&path, &f, &opts).expect("lock");
                 let mut f2 = &f;
                 use std::io::Seek;
                 f2.seek(std::io::SeekFrom::End(0)).unwrap();

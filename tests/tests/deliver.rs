@@ -53,7 +53,7 @@ fn mbox_arg(p: &Path) -> Vec<String> {
     vec!["--mailbox".into(), format!("mbox:{}", p.display())]
 }
 
-/// A message as logical lines: what to feed pop-deliver, and (independently of libspool)
+/// A message as logical lines: what to feed pop-deliver, and (independently of the library crates)
 /// the octets RETR must return.
 struct Msg {
     lines: Vec<Vec<u8>>,

@@ -1,5 +1,6 @@
 //! scripts/install puts every program in place with the owner and mode it needs and creates
-//! the spool as Debian's: checked as root into a scratch DESTDIR.
+//! the spool as Debian's, pop-tls's user and its root-only certificate and ticket-key
+//! directory: checked as root into a scratch DESTDIR, twice (a second run changes nothing).
 
 use popspool_tests::{is_root, skip};
 use std::os::unix::fs::MetadataExt;
@@ -24,15 +25,51 @@ fn install_sets_owners_modes_and_the_spool() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let out = Command::new(root.join("scripts/install"))
-        .args(["--no-build", "--destdir"])
-        .arg(dest.path())
-        .output()
-        .unwrap();
+    let install = || {
+        let out = Command::new(root.join("scripts/install"))
+            .args(["--no-build", "--destdir"])
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    install();
+    let tickets = dest.path().join("etc/popspool/tls/ticket-keys");
+    let first_keys = std::fs::read(&tickets).expect("ticket-key file made");
+    // Idempotent: the user is kept, the ticket keys are not rotated by a reinstall.
+    install();
+    assert_eq!(std::fs::read(&tickets).unwrap(), first_keys);
+    assert_eq!(first_keys.len(), 48, "one ticket key record");
+    let m = std::fs::symlink_metadata(&tickets).unwrap();
+    assert!(m.is_file());
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o600));
+    for d in ["etc/popspool", "etc/popspool/tls", "etc/popspool/tls/certs"] {
+        let m = std::fs::symlink_metadata(dest.path().join(d)).unwrap();
+        assert!(m.is_dir(), "{d}");
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o700), "{d}");
+    }
+    let user = nix::unistd::User::from_name("_poptls")
+        .unwrap()
+        .expect("user _poptls made");
+    assert_ne!(user.uid.as_raw(), 0);
+    assert_ne!(user.gid.as_raw(), 0);
+    let group = nix::unistd::Group::from_gid(user.gid).unwrap().unwrap();
+    assert_eq!(group.name, "_poptls", "its own group");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        user.shell.to_string_lossy().ends_with("/nologin"),
+        "{:?}",
+        user.shell
+    );
+    assert!(!user.dir.exists(), "no home: {:?}", user.dir);
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert_eq!(
+        passwd.lines().filter(|l| l.starts_with("_poptls:")).count(),
+        1,
+        "made once"
     );
     let bin = dest.path().join("usr/local/bin");
     for p in [
@@ -41,6 +78,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-serve",
         "pop-deliver",
         "pop-spool",
+        "pop-tls",
     ] {
         let m = std::fs::metadata(bin.join(p)).unwrap_or_else(|_| panic!("{p} installed"));
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o755), "{p}");
@@ -66,6 +104,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-dotlock.8",
         "pop-deliver.8",
         "pop-spool.8",
+        "pop-tls.8",
     ] {
         assert!(
             dest.path()

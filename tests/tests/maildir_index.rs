@@ -72,7 +72,7 @@ fn generate(md: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// First bytes of the Maildir index (libspool/src/maildir_index.rs).
+/// First bytes of the Maildir index (libspool/store/src/maildir/index.rs).
 const MAGIC: &[u8] = b"POPSPMD\x02";
 
 /// The message names recorded in an index: every run of name bytes ending in `marker` plus

@@ -1,117 +1,135 @@
-//! Each program's reach stays honest, as qmail's does: the login side (pop-popup,
-//! pop-checkpassword; libspool's `popup` and `auth`) never names mailbox code, and the
-//! transaction side (pop-serve; `session`, `mailbox`, `canon`, `mbox`, `maildir`, `lock`,
-//! `journal`) never names password code. A plain source check, run with the tests.
+//! Each program's reach is a fact of the crate graph, read from `cargo metadata`: the
+//! root-started login programs (pop-popup, pop-checkpassword) do not depend on the store crate,
+//! so they cannot name mailbox code even by mistake; the transaction side (pop-serve,
+//! pop-dotlock, pop-deliver, pop-spool) does not depend on the login crate, so it cannot name
+//! password code; the wire crate both sides share depends on neither; and only the login
+//! crate links libcrypt.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
 
-const MAILBOX_SIDE: &[&str] = &[
-    "mailbox", "canon", "mbox", "maildir", "lock", "journal", "session",
-];
-const LOGIN_SIDE: &[&str] = &["auth", "popup"];
+const STORE: &str = "spool-store";
+const LOGIN: &str = "spool-login";
+const WIRE: &str = "spool-wire";
+const LOGIN_PROGRAMS: &[&str] = &["pop-popup", "pop-checkpassword"];
+const TRANSACTION_PROGRAMS: &[&str] = &["pop-serve", "pop-dotlock", "pop-deliver", "pop-spool"];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// The resolved package graph: each package's name, its `links` key, and the names of the
+/// packages it depends on for building and running (normal and build edges; dev-only edges are
+/// not part of what a program contains).
+struct Graph {
+    links: BTreeMap<String, Option<String>>,
+    deps: BTreeMap<String, BTreeSet<String>>,
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
+impl Graph {
+    fn from_metadata() -> Graph {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--offline",
+                "--manifest-path",
+            ])
+            .arg(root.join("Cargo.toml"))
+            .output()
+            .expect("run cargo metadata");
+        assert!(
+            out.status.success(),
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+        let mut names = BTreeMap::new();
+        let mut links = BTreeMap::new();
+        for p in meta["packages"].as_array().expect("packages") {
+            let name = p["name"].as_str().expect("name").to_string();
+            names.insert(p["id"].as_str().expect("id").to_string(), name.clone());
+            links.insert(name, p["links"].as_str().map(str::to_string));
         }
-    }
-}
-
-/// Every file of `paths` (files or directories) that names one of `forbidden` as a libspool
-/// module, through `crate::`, `super::` chains or `libspool::`.
-fn violations(paths: &[PathBuf], forbidden: &[&str]) -> Vec<String> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            rust_files(p, &mut files);
-        } else if p.is_file() {
-            files.push(p.clone());
-        }
-    }
-    let mut bad = Vec::new();
-    for f in files {
-        let text = fs::read_to_string(&f).unwrap();
-        for m in forbidden {
-            for prefix in ["crate::", "libspool::", "super::super::"] {
-                let needle = format!("{prefix}{m}");
-                for (n, line) in text.lines().enumerate() {
-                    let code = line.split("//").next().unwrap_or("");
-                    if let Some(at) = code.find(&needle) {
-                        let after = code[at + needle.len()..].chars().next();
-                        if after.is_none_or(|c| !c.is_alphanumeric() && c != '_') {
-                            bad.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
-                        }
-                    }
+        let mut deps = BTreeMap::new();
+        for node in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
+            let from = names[node["id"].as_str().expect("id")].clone();
+            let mut to = BTreeSet::new();
+            for d in node["deps"].as_array().expect("deps") {
+                let shipped = d["dep_kinds"]
+                    .as_array()
+                    .expect("dep_kinds")
+                    .iter()
+                    .any(|k| k["kind"].is_null() || k["kind"] == "build");
+                if shipped {
+                    to.insert(names[d["pkg"].as_str().expect("pkg")].clone());
                 }
             }
+            deps.insert(from, to);
         }
+        Graph { links, deps }
     }
-    bad
+
+    /// Every package `from` builds on, itself included.
+    fn reach(&self, from: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(p) = todo.pop() {
+            if seen.insert(p.clone()) {
+                todo.extend(self.deps.get(&p).into_iter().flatten().cloned());
+            }
+        }
+        seen
+    }
 }
 
 #[test]
-fn login_side_never_names_mailbox_code() {
-    let r = root();
-    let paths = vec![
-        r.join("libspool/src/popup"),
-        r.join("libspool/src/auth"),
-        r.join("bins/pop-popup/src"),
-        r.join("bins/pop-checkpassword/src"),
-    ];
-    let bad = violations(&paths, MAILBOX_SIDE);
-    assert!(
-        bad.is_empty(),
-        "login side reaches mailbox code:\n{}",
-        bad.join("\n")
-    );
+fn login_programs_do_not_reach_the_store() {
+    let g = Graph::from_metadata();
+    for p in LOGIN_PROGRAMS {
+        let r = g.reach(p);
+        assert!(r.contains(LOGIN), "{p} should build on {LOGIN}: {r:?}");
+        assert!(!r.contains(STORE), "{p} reaches {STORE}: {r:?}");
+    }
 }
 
 #[test]
-fn transaction_side_never_names_password_code() {
-    let r = root();
-    let mut paths: Vec<PathBuf> = MAILBOX_SIDE
+fn transaction_programs_do_not_reach_the_login_crate() {
+    let g = Graph::from_metadata();
+    for p in TRANSACTION_PROGRAMS {
+        let r = g.reach(p);
+        assert!(r.contains(STORE), "{p} should build on {STORE}: {r:?}");
+        assert!(!r.contains(LOGIN), "{p} reaches {LOGIN}: {r:?}");
+    }
+}
+
+#[test]
+fn the_shared_wire_crate_knows_neither_side() {
+    let g = Graph::from_metadata();
+    let r = g.reach(WIRE);
+    assert!(!r.contains(STORE) && !r.contains(LOGIN), "{r:?}");
+}
+
+#[test]
+fn only_the_login_crate_links_libcrypt() {
+    let g = Graph::from_metadata();
+    let linking: Vec<_> = g
+        .links
         .iter()
-        .flat_map(|m| {
-            [
-                r.join(format!("libspool/src/{m}.rs")),
-                r.join(format!("libspool/src/{m}")),
-            ]
-        })
+        .filter(|(_, l)| l.as_deref() == Some("crypt"))
+        .map(|(name, _)| name.as_str())
         .collect();
-    paths.push(r.join("bins/pop-serve/src"));
-    paths.push(r.join("bins/pop-dotlock/src"));
-    paths.push(r.join("bins/pop-deliver/src"));
-    paths.push(r.join("bins/pop-spool/src"));
-    let bad = violations(&paths, LOGIN_SIDE);
-    assert!(
-        bad.is_empty(),
-        "transaction side reaches password code:\n{}",
-        bad.join("\n")
-    );
+    assert_eq!(linking, [LOGIN]);
 }
 
 #[test]
-fn the_check_catches_a_violation() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("x.rs");
-    fs::write(
-        &f,
-        "use crate::mbox::scan;\n// crate::auth in a comment is fine\n",
-    )
-    .unwrap();
-    assert_eq!(violations(std::slice::from_ref(&f), MAILBOX_SIDE).len(), 1);
-    assert!(violations(&[f], LOGIN_SIDE).is_empty());
+fn the_reach_check_catches_a_violation() {
+    let g = Graph {
+        links: BTreeMap::new(),
+        deps: BTreeMap::from([
+            ("pop-popup".into(), BTreeSet::from([LOGIN.into()])),
+            (LOGIN.into(), BTreeSet::from([WIRE.into(), STORE.into()])),
+        ]),
+    };
+    assert!(g.reach("pop-popup").contains(STORE));
 }

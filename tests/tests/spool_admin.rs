@@ -1,11 +1,11 @@
 //! pop-spool through the real binary: paths, create, a migration racing deliveries and
 //! SIGKILL, check and --fix, stats, and expire read back through the real pop-serve.
 
-use libspool::lock::{dotlock_path, ContentLock, LockOptions};
-use libspool::spoolpath::hashed_path;
 use popspool_tests::gen::{self, Message, Rng};
 use popspool_tests::pop::Served;
 use popspool_tests::{bin, is_root, serve_args, skip};
+use spool_store::lock::{dotlock_path, ContentLock, LockOptions};
+use spool_store::spoolpath::hashed_path;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};

@@ -3,13 +3,16 @@
 //!
 //! Exit status: 1 bad credentials, 2 misuse, 111 temporary failure; on success the status is
 //! the exec'd program's. See doc/pop-checkpassword.8.
+// Started by spool_wire::start (see `main` below); a test build keeps the harness's main.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 
 use clap::{Parser, ValueEnum};
-use libspool::auth::{self, checkpw, AuthError, Config, Source};
-use libspool::log::{Level, LogTarget, Logger};
+use spool_login::auth::{self, checkpw, AuthError, Config, Source};
+use spool_wire::cli;
+use spool_wire::log::{Level, LogTarget, Logger};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,22 +144,28 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
+/// The C entry point: std's start-up minus its costly stack probe (see `spool_wire::start`).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::os::raw::c_int,
+    _argv: *const *const std::os::raw::c_char,
+) -> std::os::raw::c_int {
+    spool_wire::start::run(real_main)
+}
+
+fn real_main() -> u8 {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED_CHECKPASSWORD);
     // A usage error is the interface's "misuse" (exit 2); its message must not reach stderr,
     // which is the client's socket under inetd, unless asked for.
-    let args = match Args::try_parse() {
+    let usage = cli::Usage {
+        program: "pop-checkpassword",
+        report: cli::Report::Log,
+        status: 2,
+    };
+    let args: Args = match cli::parse(&usage) {
         Ok(a) => a,
-        Err(e) => {
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            libspool::log::report_usage_error("pop-checkpassword", &e.render().to_string());
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     let log = Logger::new("pop-checkpassword", args.log);
     let err = match args.config() {
@@ -166,5 +175,5 @@ fn main() -> ExitCode {
             e
         }
     };
-    ExitCode::from(err.exit_code())
+    err.exit_code()
 }

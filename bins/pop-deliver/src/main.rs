@@ -1,11 +1,12 @@
 //! pop-deliver: local delivery agent. Reads one message on stdin and appends it to each
 //! user's hashed-spool mbox, or to an explicit `mbox:`/`maildir:` mailbox. All logic is in
-//! `libspool::deliver`; see pop-deliver(8).
+//! `spool_deliver`; see pop-deliver(8).
 
 use clap::Parser;
-use libspool::deliver::{self, DeliverError, DeliverOptions, InputRules, Target};
-use libspool::log::{LogTarget, Logger};
-use libspool::mailbox::MailboxSpec;
+use spool_deliver::{self as deliver, DeliverError, DeliverOptions, InputRules, Target};
+use spool_store::mailbox::MailboxSpec;
+use spool_wire::cli;
+use spool_wire::log::{LogTarget, Logger};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,20 +110,16 @@ fn fail(e: &DeliverError, qmail: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
     let qmail_hint = std::env::args_os().any(|a| a == "--qmail-exit-codes");
-    let args = match Args::try_parse() {
+    let usage = cli::Usage {
+        program: "pop-deliver",
+        report: cli::Report::Stderr,
+        status: DeliverError::Usage(String::new()).exit_code(qmail_hint) as u8,
+    };
+    let args: Args = match cli::parse(&usage) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                return ExitCode::SUCCESS;
-            }
-            let err = DeliverError::Usage(e.kind().to_string());
-            return ExitCode::from(err.exit_code(qmail_hint) as u8);
-        }
+        Err(status) => return ExitCode::from(status),
     };
     let qmail = args.qmail_exit_codes;
     if let Err(e) = deliver::install_signal_handlers() {
@@ -186,7 +183,10 @@ fn main() -> ExitCode {
             ExitCode::from(report.exit_code(qmail) as u8)
         }
         Err(e) => {
-            log.log(libspool::log::Level::Err, &format!("refused message: {e}"));
+            log.log(
+                spool_wire::log::Level::Err,
+                &format!("refused message: {e}"),
+            );
             fail(&e, qmail)
         }
     }

@@ -4,10 +4,11 @@
 //!
 //! `pop-dotlock lock|unlock MAILBOX`: exit 0 done, 1 busy (lock only), 100 refused or misuse,
 //! 111 system error. Nothing on stdout; at most one line on stderr. Install it setgid mail,
-//! never setuid. All logic is in `libspool::lock`.
+//! never setuid. All logic is in `spool_store::lock`.
 
 use clap::{Parser, ValueEnum};
-use libspool::lock::{self, HelperAction, HELPER_EXIT_OK, HELPER_EXIT_REFUSED};
+use spool_store::lock::{self, HelperAction, HELPER_EXIT_REFUSED};
+use spool_wire::cli;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -27,24 +28,17 @@ struct Cli {
 }
 
 fn main() {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
     // Before anything else: this runs setgid, with the caller's descriptors and environment.
     lock::harden_setgid_process();
-    let cli = match Cli::try_parse() {
+    let usage = cli::Usage {
+        program: "pop-dotlock",
+        report: cli::Report::Line("usage: pop-dotlock lock|unlock MAILBOX"),
+        status: HELPER_EXIT_REFUSED as u8,
+    };
+    let cli: Cli = match cli::parse(&usage) {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => HELPER_EXIT_OK,
-                _ => HELPER_EXIT_REFUSED,
-            };
-            if code == HELPER_EXIT_OK {
-                // Help goes to stderr too: stdout stays empty whatever happens.
-                eprint!("{}", e.render());
-            } else {
-                eprintln!("pop-dotlock: usage: pop-dotlock lock|unlock MAILBOX");
-            }
-            std::process::exit(code);
-        }
+        Err(status) => std::process::exit(status.into()),
     };
     let action = match cli.verb {
         Verb::Lock => HelperAction::Lock,

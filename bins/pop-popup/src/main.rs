@@ -5,13 +5,20 @@
 //! timeout); 100 for a usage error; 111 for a system failure (capabilities, random source,
 //! client descriptors, or the checkpassword program failing temporarily or crashing).
 //! See doc/pop-popup.8.
+// Started by spool_wire::start (see `main` below); a test build keeps the harness's main.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 
 use clap::Parser;
-use libspool::log::{client_address, Level, LogTarget, Logger};
-use libspool::popup::{self, privs, ExactLineInput, ExecChecker, Expire, PopupConfig, Timestamp};
-use libspool::timeio::FdOutput;
+use spool_login::popup::starttls::{FdFront, Front};
+use spool_login::popup::{
+    self, privs, ExactLineInput, ExecChecker, Expire, PopupConfig, Timestamp,
+};
+use spool_wire::cli;
+use spool_wire::log::{client_address, Level, LogTarget, Logger};
+use spool_wire::timeio::FdOutput;
+use std::cell::RefCell;
 use std::ffi::OsString;
-use std::process::ExitCode;
 use std::time::Duration;
 
 const PROGRAM: &str = "pop-popup";
@@ -41,7 +48,7 @@ struct Args {
     fail_delay_ms: u64,
 
     /// Bad commands allowed before the connection is closed.
-    #[arg(long, default_value_t = libspool::limits::DEFAULT_MAX_BAD_COMMANDS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = spool_wire::limits::DEFAULT_MAX_BAD_COMMANDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_bad_commands: u32,
 
     /// Advertise RFC 2449 EXPIRE in CAPA: a number of days, or `never`.
@@ -57,6 +64,29 @@ struct Args {
     #[arg(long, default_value = "syslog")]
     log: LogTarget,
 
+    /// Live sessions allowed from one client source (an IPv4 address, an IPv6 /64); more are
+    /// refused at once with `-ERR [SYS/TEMP]`. Off by default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_per_source: Option<u32>,
+
+    /// Live sessions allowed in all, counted across every pop-popup sharing --slot-dir.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+
+    /// Directory of the slot files of --max-per-source and --max-connections (created 0700;
+    /// must be ours and writable by nobody else).
+    #[arg(long, value_name = "DIR", default_value = popup::slots::DEFAULT_SLOT_DIR)]
+    slot_dir: std::path::PathBuf,
+
+    /// Accept USER, PASS, APOP and AUTH before STLS where a TLS front offers STLS (by
+    /// default they are refused until TLS is on).
+    #[arg(long)]
+    allow_plaintext: bool,
+
+    /// Run behind `tlswrapper -n`: STLS through its control pipe on fd 5.
+    #[arg(long)]
+    tlswrapper: bool,
+
     /// The name in the greeting's timestamp: letters, digits and . @ _ + / - only.
     hostname: String,
 
@@ -71,26 +101,56 @@ struct Args {
     program: Vec<OsString>,
 }
 
-/// A usage error: see `libspool::log::report_usage_error` (stderr may be the client's socket).
-fn usage_error(msg: &str) -> ExitCode {
-    libspool::log::report_usage_error(PROGRAM, msg);
-    ExitCode::from(100)
+/// A usage error: see `spool_wire::log::report_usage_error` (stderr may be the client's socket).
+fn usage_error(msg: &str) -> u8 {
+    spool_wire::log::report_usage_error(PROGRAM, msg);
+    USAGE_STATUS
 }
 
-fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            return usage_error(&e.render().to_string());
-        }
+/// pop-popup's exit status for a usage error.
+const USAGE_STATUS: u8 = 100;
+
+/// The whole answer to a connection over a limit (or whose slot cannot be checked): a
+/// temporary failure the client sees at once, in place of the greeting.
+fn refuse_busy() -> u8 {
+    if let Ok(mut out) = FdOutput::new(1, popup::AUTH_WRITE_TIMEOUT) {
+        let _ = std::io::Write::write_all(
+            &mut out,
+            b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+        );
+        let _ = std::io::Write::flush(&mut out);
+    }
+    111
+}
+
+/// The C entry point: std's start-up minus its costly stack probe (see `spool_wire::start`).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::os::raw::c_int,
+    _argv: *const *const std::os::raw::c_char,
+) -> std::os::raw::c_int {
+    spool_wire::start::run(real_main)
+}
+
+fn real_main() -> u8 {
+    // Parsing opens no descriptor; the TLS front's descriptors are known only once
+    // --tlswrapper is.
+    let usage = cli::Usage {
+        program: PROGRAM,
+        report: cli::Report::Log,
+        status: USAGE_STATUS,
     };
+    let args: Args = match cli::parse(&usage) {
+        Ok(a) => a,
+        Err(status) => return status,
+    };
+    // Everything inherited is closed except the descriptors a TLS front names (numbers
+    // validated); a front that names unusable ones is a configuration error, reported once
+    // logging is up.
+    let front = Front::from_env(args.tlswrapper);
+    let keep = front.as_ref().map(Front::keep).unwrap_or_default();
+    spool_wire::fds::close_inherited_except(spool_wire::fds::FIRST_INHERITED, &keep);
     if let Err(e) = popup::validate_hostname(&args.hostname) {
         return usage_error(&e.to_string());
     }
@@ -102,7 +162,12 @@ fn main() -> ExitCode {
     let addr = client_address();
     let fail = |msg: &str| {
         log.log(Level::Err, &format!("addr={addr} {msg}"));
-        ExitCode::from(111)
+        111
+    };
+
+    let front = match front.and_then(|f| f.check_open().map(|()| f)) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("TLS front: {e}")),
     };
 
     // Before the first byte from the network.
@@ -112,6 +177,27 @@ fn main() -> ExitCode {
     if let Err(e) = privs::forbid_core_dumps() {
         return fail(&format!("cannot forbid core dumps: {e}"));
     }
+
+    // Held until pop-popup, the parent of the whole session, exits.
+    let _slots = match popup::slots::take_for(
+        &args.slot_dir,
+        &addr,
+        args.max_per_source,
+        args.max_connections,
+    ) {
+        Ok(h) => h,
+        Err((popup::slots::SlotError::Full, which)) => {
+            log.log(
+                Level::Warning,
+                &format!("addr={addr} refused: {which} reached"),
+            );
+            return refuse_busy();
+        }
+        Err((e, which)) => {
+            let _ = fail(&format!("{which}: {e}"));
+            return refuse_busy();
+        }
+    };
 
     let stamp = match Timestamp::generate(&args.hostname) {
         Ok(s) => s,
@@ -125,6 +211,7 @@ fn main() -> ExitCode {
         max_bad_commands: args.max_bad_commands,
         expire: args.expire,
         login_delay: args.login_delay,
+        allow_plaintext: args.allow_plaintext,
     };
     let mut input = match ExactLineInput::new(0) {
         Ok(i) => i,
@@ -134,16 +221,40 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&format!("cannot use stdout: {e}")),
     };
-    let end = popup::run(
+    let front = RefCell::new(FdFront::new(front));
+    // Every line carries the TLS state as of its writing (tls=PROTOCOL/CIPHER or tls=no).
+    let tag = || front.borrow().log_tag();
+    let mut log_line = |level, line: &str| log.log(level, &format!("addr={addr} {} {line}", tag()));
+    let end = popup::run_with_front(
         &mut input,
         &mut out,
         &mut checker,
+        &mut Shared(&front),
         &cfg,
         &stamp,
-        &mut |level, line| log.log(level, &format!("addr={addr} {line}")),
+        &mut log_line,
     );
     if !matches!(end, popup::End::Served { .. }) {
-        log.log(end.level(), &format!("addr={addr} end: {end}"));
+        log_line(end.level(), &format!("end: {end}"));
     }
-    ExitCode::from(end.exit_code())
+    end.exit_code()
+}
+
+/// The front shared between the session and the log lines' `tls=` tag.
+struct Shared<'a>(&'a RefCell<FdFront>);
+
+impl popup::TlsFront for Shared<'_> {
+    fn offers_stls(&self) -> bool {
+        self.0.borrow().offers_stls()
+    }
+    fn is_on(&self) -> bool {
+        self.0.borrow().is_on()
+    }
+    fn start(
+        &mut self,
+        out: &mut dyn std::io::Write,
+        deadline: std::time::Instant,
+    ) -> Result<popup::starttls::Switched, popup::starttls::StartError> {
+        self.0.borrow_mut().start(out, deadline)
+    }
 }

@@ -3,18 +3,21 @@
 //!
 //! Exit status: 0 once the client has been answered (even with `-ERR`, so a qmail-popup-style
 //! front end adds nothing); 100 for a usage error; 111 when the client could not be answered.
+// Started by spool_wire::start (see `main` below); a test build keeps the harness's main.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 
 use clap::Parser;
-use libspool::log::{client_address, Level, LogTarget, Logger};
-use libspool::mailbox::{self, MailboxSpec, OpenOptions};
-use libspool::mbox::Quoting;
-use libspool::pop3::response;
-use libspool::session::{self, Expire, SessionConfig};
-use libspool::spoolpath;
-use libspool::timeio::{FdInput, FdOutput};
+use spool_store::mailbox::{MailboxSpec, OpenOptions};
+use spool_store::mbox::Quoting;
+use spool_store::session::{self, Expire, SessionConfig};
+use spool_store::spoolpath;
+use spool_wire::cli;
+use spool_wire::log::{client_address, Level, LogTarget, Logger};
+use spool_wire::pop3::response;
+use spool_wire::timeio::{FdInput, FdOutput};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Output buffer: large enough that RETR streams in big writes, small enough to be cheap.
@@ -63,19 +66,19 @@ struct Args {
     no_dotlock_helper: bool,
 
     /// Seconds to wait for the mailbox content lock before `-ERR [SYS/TEMP]`.
-    #[arg(long, default_value_t = libspool::limits::CONTENT_LOCK_WAIT.as_secs())]
+    #[arg(long, default_value_t = spool_wire::limits::CONTENT_LOCK_WAIT.as_secs())]
     lock_timeout: u64,
 
     /// Seconds without a command before the session ends (nothing is deleted).
-    #[arg(long, default_value_t = libspool::limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = spool_wire::limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 
     /// Seconds a started command line may take to complete.
-    #[arg(long, default_value_t = libspool::limits::DEFAULT_LINE_DEADLINE.as_secs())]
+    #[arg(long, default_value_t = spool_wire::limits::DEFAULT_LINE_DEADLINE.as_secs())]
     line_timeout: u64,
 
     /// Bad commands in a row before the session is ended.
-    #[arg(long, default_value_t = libspool::limits::DEFAULT_MAX_BAD_COMMANDS)]
+    #[arg(long, default_value_t = spool_wire::limits::DEFAULT_MAX_BAD_COMMANDS)]
     max_bad_commands: u32,
 
     /// Present only the oldest N messages in a session (a policy for draining huge boxes).
@@ -112,35 +115,40 @@ fn parse_quoting(s: &str) -> Result<Quoting, String> {
     }
 }
 
-fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+/// The C entry point: std's start-up minus its costly stack probe (see `spool_wire::start`).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::os::raw::c_int,
+    _argv: *const *const std::os::raw::c_char,
+) -> std::os::raw::c_int {
+    spool_wire::start::run(real_main)
+}
+
+fn real_main() -> u8 {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
+    let usage = cli::Usage {
+        program: "pop-serve",
+        report: cli::Report::Log,
+        status: 100,
+    };
+    let args: Args = match cli::parse(&usage) {
         Ok(a) => a,
-        Err(e) => {
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            // Under inetd stderr is the client's socket: never print there unless asked.
-            libspool::log::report_usage_error("pop-serve", &e.render().to_string());
-            return ExitCode::from(100);
-        }
+        Err(status) => return status,
     };
     let log = Logger::new("pop-serve", args.log);
     let started = Instant::now();
     let user = std::env::var("USER").unwrap_or_default();
     let addr = client_address();
 
-    let out = match FdOutput::new(1, libspool::limits::WRITE_TIMEOUT) {
+    let out = match FdOutput::new(1, spool_wire::limits::WRITE_TIMEOUT) {
         Ok(o) => o,
         Err(e) => {
             log.log(
                 Level::Err,
                 &format!("user={user} addr={addr} cannot use stdout: {e}"),
             );
-            return ExitCode::from(111);
+            return 111;
         }
     };
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, out);
@@ -148,7 +156,7 @@ fn main() -> ExitCode {
         log.log(Level::Err, &format!("user={user} addr={addr} {logged}"));
         let _ = response::err(out, code, text);
         let _ = out.flush();
-        ExitCode::SUCCESS
+        0
     };
 
     if !args.allow_root && nix::unistd::getuid().is_root() {
@@ -168,7 +176,7 @@ fn main() -> ExitCode {
                     &mut out,
                     Some(response::RespCode::SysPerm),
                     "no usable mailbox",
-                    &format!("no mailbox for $USER: {e:?}"),
+                    &format!("no mailbox for $USER: {e}"),
                 )
             }
         },
@@ -197,7 +205,7 @@ fn main() -> ExitCode {
         args.dotlock_helper.clone().or_else(default_helper)
     };
 
-    let mut mbox = match mailbox::open(&spec, &opts) {
+    let mut mbox = match spool_store::open(&spec, &opts) {
         Ok(m) => m,
         Err(e) => {
             let (code, text) = e.response();
@@ -222,7 +230,7 @@ fn main() -> ExitCode {
                 Level::Err,
                 &format!("user={user} addr={addr} cannot use stdin: {e}"),
             );
-            return ExitCode::from(111);
+            return 111;
         }
     };
     let cfg = SessionConfig {
@@ -252,7 +260,7 @@ fn main() -> ExitCode {
             r.end
         ),
     );
-    ExitCode::SUCCESS
+    0
 }
 
 /// `pop-dotlock` installed beside this program.

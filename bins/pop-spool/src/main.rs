@@ -1,9 +1,10 @@
-//! pop-spool: administration of the hashed mail spool. All logic is in `libspool::admin`.
+//! pop-spool: administration of the hashed mail spool. All logic is in `spool_admin`.
 
 use clap::{Parser, Subcommand};
-use libspool::admin::{
-    self, check, create, expire, index, migrate, stats, AdminError, Layout, StateDirs, Ui,
+use spool_admin::{
+    self as admin, check, create, expire, index, migrate, stats, AdminError, Layout, StateDirs, Ui,
 };
+use spool_wire::cli;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ struct Args {
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
     /// Seconds to wait for each mailbox's content lock.
-    #[arg(long, global = true, default_value_t = libspool::limits::CONTENT_LOCK_WAIT.as_secs())]
+    #[arg(long, global = true, default_value_t = spool_wire::limits::CONTENT_LOCK_WAIT.as_secs())]
     lock_timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,12 +87,15 @@ enum Cmd {
 }
 
 fn main() {
-    let args = match Args::try_parse() {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
+    let usage = cli::Usage {
+        program: "pop-spool",
+        report: cli::Report::Stderr,
+        status: admin::EXIT_USAGE as u8,
+    };
+    let args: Args = match cli::parse(&usage) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            std::process::exit(if e.use_stderr() { admin::EXIT_USAGE } else { 0 });
-        }
+        Err(status) => std::process::exit(status.into()),
     };
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let mut ui = Ui::new(&mut out, &mut err, Ui::progress_if_tty());

@@ -1,0 +1,60 @@
+//! The entry point of the login chain's programs (`pop-popup`, `pop-checkpassword`,
+//! `pop-serve`), which run once per POP3 session, in place of std's `lang_start`.
+//!
+//! std's runtime start-up finds the main thread's stack bounds for its stack-overflow message
+//! with `pthread_getattr_np`, which glibc answers by reading and `sscanf`-parsing all of
+//! `/proc/self/maps`: about 100,000 instructions, a sixth of each program's start-up. A program
+//! that declares `#![no_main]` and calls [`run`] from its C `main` skips that and keeps the rest
+//! of what std's start-up does for it:
+//!
+//! - descriptors 0, 1 and 2 that are closed are opened on `/dev/null`, so that no descriptor
+//!   the program opens later (a mailbox, a lock) can be taken for stdin, stdout or stderr;
+//! - `SIGPIPE` is ignored, so a write to a client that has gone fails with `EPIPE` (as before,
+//!   the ignored disposition is inherited across exec);
+//! - a panic ends the program with status 101, and stdout is flushed at exit.
+//!
+//! What is given up: a stack overflow in the main thread is a plain `SIGSEGV` rather than
+//! std's "has overflowed its stack" message first. Command-line arguments are still read by
+//! `std::env::args_os` (glibc hands them to std before `main`).
+
+#![forbid(unsafe_code)]
+
+use std::os::raw::c_int;
+use std::panic::{self, AssertUnwindSafe};
+
+/// The exit status of a program whose `main` panicked, as with std's own start-up.
+pub const PANIC_STATUS: c_int = 101;
+
+/// Runs `main` the way std's start-up would and exits with its status; never returns.
+pub fn run(main: fn() -> u8) -> c_int {
+    open_closed_stdio();
+    crate::fds::ignore_sigpipe();
+    let status = match panic::catch_unwind(AssertUnwindSafe(main)) {
+        Ok(code) => c_int::from(code),
+        Err(_) => PANIC_STATUS,
+    };
+    // process::exit flushes std's stdout before exiting.
+    std::process::exit(status)
+}
+
+/// Opens `/dev/null` on each of descriptors 0, 1 and 2 that is closed; aborts when that fails,
+/// as std's start-up does.
+fn open_closed_stdio() {
+    for fd in 0..3 {
+        // F_GETFD only reads the descriptor's flags; an unused number is EBADF.
+        let closed =
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF);
+        if !closed {
+            continue;
+        }
+        // open returns the lowest free descriptor, which is `fd` since every lower one is open.
+        let got = nix::fcntl::open(
+            c"/dev/null",
+            nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::empty(),
+        );
+        if got != Ok(fd) {
+            std::process::abort();
+        }
+    }
+}
