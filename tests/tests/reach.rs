@@ -23,16 +23,36 @@ struct Graph {
     deps: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// The host's target triple, as `rustc -vV` prints it.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV prints host:")
+        .trim()
+        .to_string()
+}
+
 impl Graph {
     fn from_metadata() -> Graph {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The graph as built on this host: without --filter-platform, cargo metadata wants
+        // every target's packages (Windows-only crates among them), which a fresh machine has
+        // not downloaded, and --offline then fails.
         let out = Command::new(cargo)
             .args([
                 "metadata",
                 "--format-version",
                 "1",
                 "--offline",
+                "--filter-platform",
+                &host_triple(),
                 "--manifest-path",
             ])
             .arg(root.join("Cargo.toml"))
