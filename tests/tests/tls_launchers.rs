@@ -4,12 +4,14 @@
 //! scripts/daemontools/run-pop3s under tcpserver, each read from its file. Only what a test
 //! must change is changed: installed paths become the built binaries and a scratch
 //! /etc/popspool/tls, the port becomes a free loopback one, and each program gets the options
-//! that point it at a test passwd-file and spool. Clients verify the server against a CA made
-//! here with openssl: curl pop3s:// --cacert and Python poplib.POP3_SSL; the shipped
-//! ticket-key file resumes sessions, xinetd's per_source holds. The STLS variants
-//! (port 110) start the same way; their STLS session runs once pop-popup offers STLS. Issue 11.
+//! that point it at a test passwd-file and spool. Clients verify the server against the
+//! tests' throwaway CA (tests/tlsca.rs): curl pop3s:// --cacert and Python
+//! poplib.POP3_SSL; the shipped ticket-key file resumes sessions, xinetd's per_source holds.
+//! The STLS variants (port 110) start the same way; their STLS session runs once pop-popup
+//! offers STLS. Issue 11.
 
 use popspool_tests::gen;
+use popspool_tests::tlsca::Pki;
 use popspool_tests::{bin, is_root, skip, which};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -29,107 +31,29 @@ fn shipped(rel: &str) -> String {
     fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-fn openssl(args: &[&str], cwd: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A scratch installation: `tls/` in place of /etc/popspool/tls (a CA-signed certificate for
 /// localhost and 127.0.0.1 as cert.pem and key.pem, certs/default.pem, ticket-keys made by
 /// pop-tls --rotate-ticket-keys), a passwd-file user `demo` and its mbox.
 struct World {
     dir: tempfile::TempDir,
+    pki: Pki,
     msgs: Vec<gen::Message>,
 }
 
 impl World {
     /// None (with a SKIPPED line) without openssl.
-    fn new(test: &str) -> Option<World> {
-        if which("openssl").is_none() {
-            skip(test, "openssl not installed (Debian package openssl)");
-            return None;
-        }
+    fn new() -> Option<World> {
+        // Pki::new prints the SKIPPED line when openssl is missing.
+        let pki = Pki::new()?;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // The session runs as nobody when root: it must reach the spool and home below.
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        let ca = d.join("ca");
-        fs::create_dir(&ca).unwrap();
-        let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
-        openssl(&[&["genpkey", "-out", "ca.key"][..], &ec].concat(), &ca);
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "ca.key",
-                "-subj",
-                "/CN=popspool launcher test CA",
-                "-days",
-                "2",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-                "-out",
-                "ca.pem",
-            ],
-            &ca,
-        );
-        openssl(&[&["genpkey", "-out", "key.pem"][..], &ec].concat(), &ca);
-        openssl(
-            &[
-                "req",
-                "-new",
-                "-key",
-                "key.pem",
-                "-subj",
-                "/CN=localhost",
-                "-out",
-                "leaf.csr",
-            ],
-            &ca,
-        );
-        fs::write(
-            ca.join("leaf.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                "cert.pem",
-            ],
-            &ca,
-        );
+        let (chain, leaf_key) = pki.leaf("localhost", "p256");
         let tls = d.join("tls");
         fs::create_dir_all(tls.join("certs")).unwrap();
         fs::set_permissions(&tls, fs::Permissions::from_mode(0o700)).unwrap();
-        let (cert, key) = (
-            fs::read(ca.join("cert.pem")).unwrap(),
-            fs::read(ca.join("key.pem")).unwrap(),
-        );
+        let (cert, key) = (fs::read(&chain).unwrap(), fs::read(&leaf_key).unwrap());
         fs::write(tls.join("cert.pem"), &cert).unwrap();
         fs::write(tls.join("key.pem"), &key).unwrap();
         fs::write(tls.join("certs/default.pem"), [key, cert].concat()).unwrap();
@@ -173,11 +97,11 @@ impl World {
             ),
         )
         .unwrap();
-        Some(World { dir, msgs })
+        Some(World { dir, pki, msgs })
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca/ca.pem")
+        self.pki.ca()
     }
 
     /// The options a test adds right after a program's name: logs to `log` (`stderr` where
@@ -613,7 +537,7 @@ fn systemd_pop3s_units_as_shipped() {
     let cmd = exec_start(&shipped("scripts/systemd/pop3s@.service"));
     assert!(cmd.starts_with("/usr/local/bin/pop-tls --cert "), "{cmd}");
     assert!(!cmd.contains("--starttls"));
-    let Some(w) = World::new("systemd_pop3s_units_as_shipped") else {
+    let Some(w) = World::new() else {
         return;
     };
     let Some(s) = under_socket_activate(&w, "scripts/systemd/pop3s@.service") else {
@@ -627,7 +551,7 @@ fn systemd_pop3s_units_as_shipped() {
 
 #[test]
 fn xinetd_pop3s_as_shipped() {
-    let Some(w) = World::new("xinetd_pop3s_as_shipped") else {
+    let Some(w) = World::new() else {
         return;
     };
     let Some(s) = xinetd_file(&w, "scripts/inetd/xinetd.pop3s") else {
@@ -665,7 +589,7 @@ print(" ".join(out))
 
 #[test]
 fn inetd_conf_pop3s_line_as_shipped() {
-    let Some(w) = World::new("inetd_conf_pop3s_line_as_shipped") else {
+    let Some(w) = World::new() else {
         return;
     };
     let Some(s) = inetd_line(&w, "pop3s") else {
@@ -677,7 +601,7 @@ fn inetd_conf_pop3s_line_as_shipped() {
 
 #[test]
 fn daemontools_run_pop3s_as_shipped() {
-    let Some(w) = World::new("daemontools_run_pop3s_as_shipped") else {
+    let Some(w) = World::new() else {
         return;
     };
     let Some(s) = run_file(&w, "scripts/daemontools/run-pop3s", 995) else {
@@ -704,22 +628,22 @@ fn starttls_launchers_as_shipped() {
         "{cmd}"
     );
     let test = "starttls_launchers_as_shipped";
-    let Some(w) = World::new(test) else { return };
+    let Some(w) = World::new() else { return };
     if let Some(s) = under_socket_activate(&w, "scripts/systemd/pop3-starttls@.service") {
         starttls_session(&w, &s, test);
     }
     drop(w);
-    let Some(w) = World::new(test) else { return };
+    let Some(w) = World::new() else { return };
     if let Some(s) = run_file(&w, "scripts/daemontools/run-pop3-starttls", 110) {
         starttls_session(&w, &s, test);
     }
     drop(w);
-    let Some(w) = World::new(test) else { return };
+    let Some(w) = World::new() else { return };
     if let Some(s) = xinetd_file(&w, "scripts/inetd/xinetd.pop3-starttls") {
         starttls_session(&w, &s, test);
     }
     drop(w);
-    let Some(w) = World::new(test) else { return };
+    let Some(w) = World::new() else { return };
     if let Some(s) = inetd_line(&w, "#pop3") {
         starttls_session(&w, &s, test);
     }
