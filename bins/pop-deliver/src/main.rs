@@ -110,6 +110,7 @@ fn fail(e: &DeliverError, qmail: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    spool_wire::start::no_core_files();
     spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
     let qmail_hint = std::env::args_os().any(|a| a == "--qmail-exit-codes");
     let usage = cli::Usage {

@@ -28,6 +28,7 @@ struct Cli {
 }
 
 fn main() {
+    spool_wire::start::no_core_files();
     spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
     // Before anything else: this runs setgid, with the caller's descriptors and environment.
     lock::harden_setgid_process();

@@ -87,6 +87,7 @@ enum Cmd {
 }
 
 fn main() {
+    spool_wire::start::no_core_files();
     spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
     let usage = cli::Usage {
         program: "pop-spool",

@@ -13,6 +13,9 @@
 //!   the ignored disposition is inherited across exec);
 //! - a panic ends the program with status 101, and stdout is flushed at exit.
 //!
+//! It also does one thing std does not: [`no_core_files`], since these programs hold passwords
+//! or other people's mail.
+//!
 //! What is given up: a stack overflow in the main thread is a plain `SIGSEGV` rather than
 //! std's "has overflowed its stack" message first. Command-line arguments are still read by
 //! `std::env::args_os` (glibc hands them to std before `main`).
@@ -28,6 +31,7 @@ pub const PANIC_STATUS: c_int = 101;
 /// Runs `main` the way std's start-up would and exits with its status; never returns.
 pub fn run(main: fn() -> u8) -> c_int {
     open_closed_stdio();
+    no_core_files();
     crate::fds::ignore_sigpipe();
     let status = match panic::catch_unwind(AssertUnwindSafe(main)) {
         Ok(code) => c_int::from(code),
@@ -35,6 +39,15 @@ pub fn run(main: fn() -> u8) -> c_int {
     };
     // process::exit flushes std's stdout before exiting.
     std::process::exit(status)
+}
+
+/// Sets `RLIMIT_CORE` to 0, soft and hard, so that a crash never writes a core file holding
+/// a password, a key or someone's mail; the limit is inherited across fork and exec by the
+/// rest of the chain. Every toolkit program calls it first. A failure (a seccomp filter that
+/// forbids setrlimit) is ignored: the program is not dumpable where that matters
+/// (pop-popup, pop-tls) and the kernel's own `suid_dumpable` rules still apply.
+pub fn no_core_files() {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
 }
 
 /// Opens `/dev/null` on each of descriptors 0, 1 and 2 that is closed; aborts when that fails,
