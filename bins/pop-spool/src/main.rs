@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use spool_admin::{
-    self as admin, check, create, expire, index, migrate, recover, stats, AdminError, Layout, StateDirs, Ui,
+    self as admin, check, create, expire, index, migrate, recover, stats, AdminError, Layout,
+    StateDirs, Ui,
 };
 use spool_wire::cli;
 use std::ffi::OsString;

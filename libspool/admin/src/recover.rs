@@ -68,7 +68,7 @@ pub struct RecoverReport {
     pub failed: usize,
 }
 
-/// `pop-spool recover`: one report line per mailbox on `ui.out`.
+/// `pop-spool recover`: one report line per mailbox, on `ui.out`, or `ui.err` for a failure.
 pub fn recover(opts: &RecoverOptions, ui: &mut Ui<'_>) -> Result<RecoverReport, AdminError> {
     let targets = super::select(&opts.layout, &opts.users, opts.users.is_empty())?;
     let mut report = RecoverReport::default();
@@ -106,7 +106,12 @@ pub fn recover(opts: &RecoverOptions, ui: &mut Ui<'_>) -> Result<RecoverReport, 
                 format!("failed: {why}")
             }
         };
-        ui.say(&format!("{} {}: {what}", show(user), path.display()));
+        let line = format!("{} {}: {what}", show(user), path.display());
+        if matches!(outcome, Outcome::Failed(_)) {
+            ui.warn(&line);
+        } else {
+            ui.say(&line);
+        }
     }
     ui.done();
     Ok(report)
