@@ -726,3 +726,78 @@ fn recover_as_root_never_follows_a_symlinked_state_dir() {
         (user.uid, user.gid, 0o600)
     );
 }
+
+/// The boot unit: a oneshot running `pop-spool recover`, ordered before the three POP3
+/// sockets and local logins and after the local file systems and the spool's mount, without
+/// the default dependencies that would make that a cycle, and confined.
+#[test]
+fn recover_unit_runs_before_the_sockets_and_is_confined() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let unit = root.join("scripts/systemd/pop-spool-recover.service");
+    let content = fs::read_to_string(&unit).unwrap();
+    let values = |key: &str| -> Vec<String> {
+        content
+            .lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .flat_map(|v| v.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(values("Type"), ["oneshot"]);
+    assert_eq!(values("DefaultDependencies"), ["no"]);
+    let exec = values("ExecStart");
+    assert!(
+        exec.first().is_some_and(|p| p.ends_with("/pop-spool")),
+        "{exec:?}"
+    );
+    assert_eq!(exec.last().map(String::as_str), Some("recover"), "{exec:?}");
+    let before = values("Before");
+    for s in [
+        "pop3.socket",
+        "pop3s.socket",
+        "pop3-starttls.socket",
+        "sockets.target",
+        "systemd-user-sessions.service",
+    ] {
+        assert!(
+            before.contains(&s.to_string()),
+            "Before= lacks {s}: {before:?}"
+        );
+    }
+    assert!(values("After").contains(&"local-fs.target".to_string()));
+    assert_eq!(values("RequiresMountsFor"), ["/var/spool/mail"]);
+    assert_eq!(values("WantedBy"), ["sockets.target"]);
+    assert_eq!(values("ProtectSystem"), ["strict"]);
+    assert_eq!(values("ReadWritePaths"), ["/var/spool/mail", "-/home"]);
+    for (k, v) in [
+        ("PrivateTmp", "yes"),
+        ("PrivateNetwork", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("SystemCallFilter", "@system-service"),
+    ] {
+        assert_eq!(values(k), [v], "{k}");
+    }
+    let Some(analyze) = popspool_tests::which("systemd-analyze") else {
+        skip(
+            "recover_unit_runs_before_the_sockets_and_is_confined",
+            "systemd-analyze not installed (Debian package systemd): exposure not rated",
+        );
+        return;
+    };
+    let o = Command::new(analyze)
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rating: f64 = out
+        .lines()
+        .find_map(|l| l.split("exposure level for ").nth(1))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rating in\n{}", text(&o)));
+    eprintln!("systemd-analyze security: pop-spool-recover.service {rating}");
+    assert!(rating <= 4.0, "exposure {rating} above 4.0\n{out}");
+}
