@@ -152,6 +152,20 @@ impl Reading {
     fn duplicates(&self) -> usize {
         self.copies.iter().map(|&c| c.saturating_sub(1)).sum()
     }
+
+    /// Deleted messages still there (not yet overwritten by the compaction).
+    fn deleted_present(&self) -> usize {
+        (0..self.copies.len())
+            .filter(|&i| is_deleted(i) && self.copies[i] > 0)
+            .count()
+    }
+
+    /// Kept messages not found intact anywhere.
+    fn kept_missing(&self) -> usize {
+        (0..self.copies.len())
+            .filter(|&i| !is_deleted(i) && self.copies[i] == 0)
+            .count()
+    }
 }
 
 fn read_plain(scene: &Scene, bytes: &[u8]) -> Reading {
@@ -354,6 +368,7 @@ fn torn_window_measured_over_random_kills() {
     let (full, _) = time_quit(&scene);
     let mut rng = Rng::new(12);
     let (mut pending, mut torn, mut dups, mut corrupt) = (0, 0, 0, 0);
+    let (mut deleted, mut missing) = (0, 0);
     let mut longest = Duration::ZERO;
     for run in 0..MEASURE_RUNS {
         let d = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10 + 1));
@@ -366,12 +381,15 @@ fn torn_window_measured_over_random_kills() {
             torn += 1;
             dups += t.duplicates();
             corrupt += t.corrupt;
+            deleted += t.deleted_present();
+            missing += t.kept_missing();
         }
     }
     eprintln!(
         "{MEASURE_RUNS} random kills during a {full:?} QUIT of {MESSAGES} messages: \
          {pending} left a journal, {torn} left a torn file ({dups} duplicate copies, \
-         {corrupt} corrupt messages in total, as a plain reader sees them); \
+         {corrupt} corrupt messages, {deleted} deleted messages still there, {missing} kept \
+         messages missing, in total, as a plain reader sees them); \
          after pop-spool recover: 0 torn (longest recover run with a journal: {longest:?})"
     );
 }
