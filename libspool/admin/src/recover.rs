@@ -185,3 +185,64 @@ fn exists(p: &Path) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(opts: &RecoverOptions) -> (RecoverReport, String, String) {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let mut ui = Ui::new(&mut o, &mut e, false);
+        let r = recover(opts, &mut ui).unwrap();
+        let _ = ui;
+        (
+            r,
+            String::from_utf8(o).unwrap(),
+            String::from_utf8(e).unwrap(),
+        )
+    }
+
+    #[test]
+    fn reports_each_mailbox_and_touches_only_pending_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path().join("spool"), 0).unwrap();
+        fs::create_dir(&layout.spool).unwrap();
+        let state = d.path().join("state");
+        let m = "From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nb\n\n";
+        for u in ["ann", "ben", "cid"] {
+            fs::write(layout.spool.join(u), m).unwrap();
+        }
+        let opts = RecoverOptions {
+            layout: layout.clone(),
+            users: vec![],
+            state: StateDirs::Fixed(state.clone()),
+            lock_wait: Duration::from_secs(2),
+        };
+        let (r, out, err) = run(&opts);
+        assert_eq!((r.mailboxes, r.nothing, r.failed), (3, 3, 0), "{out}{err}");
+        assert!(!state.exists(), "nothing pending: no state directory made");
+
+        // ben: an incomplete journal (.tmp only); cid: a corrupt one.
+        fs::create_dir(&state).unwrap();
+        let ben = state_paths(&state, &layout.spool.join("ben")).journal;
+        fs::write(journal::tmp_path(&ben), b"half").unwrap();
+        let cid = state_paths(&state, &layout.spool.join("cid")).journal;
+        fs::write(&cid, b"not a journal").unwrap();
+        let (r, out, err) = run(&opts);
+        assert_eq!((r.nothing, r.discarded, r.failed), (1, 1, 1), "{out}{err}");
+        assert!(out.contains("ben ") && out.contains("removed an incomplete journal"));
+        assert!(err.contains("cid ") && err.contains("failed:"), "{err}");
+        assert!(!journal::tmp_path(&ben).exists());
+        for u in ["ann", "ben", "cid"] {
+            assert_eq!(fs::read(layout.spool.join(u)).unwrap(), m.as_bytes());
+        }
+        // Named users only; a missing mailbox is no failure.
+        let opts = RecoverOptions {
+            users: vec!["ann".into(), "zed".into()],
+            ..opts
+        };
+        let (r, out, _) = run(&opts);
+        assert_eq!((r.mailboxes, r.nothing, r.failed), (2, 2, 0));
+        assert!(out.contains("zed ") && out.contains("no mailbox"), "{out}");
+    }
+}
