@@ -819,3 +819,110 @@ fn recover_unit_runs_before_the_sockets_and_is_confined() {
     eprintln!("systemd-analyze security: pop-spool-recover.service {rating}");
     assert!(rating <= 4.0, "exposure {rating} above 4.0\n{out}");
 }
+
+/// Recover beside an MDA that takes the locks but knows nothing of journals (as procmail) and
+/// beside sessions: after a killed UPDATE left a journal, one message is delivered onto the
+/// torn file, then deliveries, recover runs and sessions go on together, each waiting its turn
+/// for the mailbox's locks; in the end the file is the committed mailbox followed by every
+/// delivered message once, in delivery order.
+#[test]
+fn recover_runs_safely_beside_deliveries_and_sessions() {
+    const DELIVERIES: usize = 100;
+    let scene = Scene::new();
+    let journal = scene.journal();
+    let mut pending = false;
+    for attempt in 0..10u32 {
+        fs::write(&scene.mbox, &scene.original).unwrap();
+        let (mut s, _) = scene.quit_with_deletions();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !journal.exists()
+            && s.child.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(attempt)));
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+        if journal.exists() {
+            pending = true;
+            break;
+        }
+    }
+    assert!(pending, "no kill left a journal pending");
+
+    let delivered: Vec<Vec<u8>> = (0..DELIVERIES)
+        .map(|k| Message::simple(MESSAGES + k).stored())
+        .collect();
+    // The first delivery lands on the torn file, before anything replayed the journal.
+    deliver_locked(&scene.mbox, &delivered[0]);
+    let appender = {
+        let path = scene.mbox.clone();
+        let delivered = delivered.clone();
+        std::thread::spawn(move || {
+            for m in &delivered[1..] {
+                deliver_locked(&path, m);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (mut recovers, mut sessions, mut replayed) = (0, 0, 0);
+    loop {
+        let done = appender.is_finished();
+        let o = scene.recover_cmd(&[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        recovers += 1;
+        replayed += usize::from(String::from_utf8_lossy(&o.stdout).contains("replayed an"));
+        let mut s = scene.serve();
+        let l = s.client.line();
+        assert!(l.starts_with("+OK"), "session refused: {l}");
+        assert!(s.client.cmd("STAT").starts_with("+OK"));
+        s.client.cmd("QUIT");
+        s.finish();
+        sessions += 1;
+        if done {
+            break;
+        }
+    }
+    appender.join().unwrap();
+    eprintln!(
+        "{recovers} recover runs ({replayed} replayed) and {sessions} sessions beside {DELIVERIES} deliveries"
+    );
+    assert!(!journal.exists());
+    let mut want = scene.committed.clone();
+    for m in &delivered {
+        want.extend_from_slice(m);
+    }
+    let now = fs::read(&scene.mbox).unwrap();
+    assert_committed(
+        &scene,
+        &now[..now.len().min(scene.committed.len())],
+        "the mailbox before the deliveries",
+    );
+    assert!(
+        now == want,
+        "not the committed mailbox followed by each delivery once"
+    );
+}
+
+/// Appends `m` under the content lock (dotlock, then fcntl), as an MDA that knows nothing of
+/// update journals does.
+fn deliver_locked(path: &Path, m: &[u8]) {
+    use std::io::{Seek, Write};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let opts = spool_store::lock::LockOptions {
+        helper: None,
+        wait: Duration::from_secs(30),
+        stale_age: spool_wire::limits::STALE_DOTLOCK_AGE,
+    };
+    let lock = spool_store::lock::ContentLock::acquire(path, &f, &opts).expect("lock");
+    let mut w = &f;
+    w.seek(std::io::SeekFrom::End(0)).unwrap();
+    w.write_all(m).unwrap();
+    f.sync_data().unwrap();
+    lock.release().unwrap();
+}
