@@ -26,6 +26,7 @@ use spool_store::mbox::open_mbox;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -141,9 +142,13 @@ fn recover_one(
     let tmp = journal::tmp_path(&paths.journal);
     // Looked at as the directory's owner: a symlink the user put there leads nowhere the user
     // could not go. Nothing is created: a run with nothing pending changes nothing.
-    let (journal, partial) = {
+    let (dir, journal, partial) = {
         let _as_user = state.enter()?;
+        let Some(dir) = dir_identity(&state.dir)? else {
+            return Ok(Outcome::Nothing);
+        };
         (
+            dir,
             exists(&paths.journal).map_err(io_at("stat", &paths.journal))?,
             exists(&tmp).map_err(io_at("stat", &tmp))?,
         )
@@ -154,7 +159,7 @@ fn recover_one(
     let mbx = |e| AdminError::Mailbox(path.to_path_buf(), e);
     let file = open_mbox(path).map_err(mbx)?;
     let before = file.metadata().map_err(io_at("stat", path))?.len();
-    let (lock, (replayed, after)) = lock_and_recover(
+    let (lock, (replayed, after, same_dir)) = lock_and_recover(
         path,
         &file,
         &state,
@@ -162,11 +167,21 @@ fn recover_one(
         opts.lock_wait,
         ui,
         |_, replayed| {
+            // Still as the user. The report must be about the directory the journal was seen
+            // in, not one the user put in its place meanwhile (nothing errs out here: the
+            // lock is released below as root, without the user's identity).
+            let same_dir = matches!(dir_identity(&state.dir), Ok(Some(d)) if d == dir);
             let after = file.metadata().map_err(io_at("stat", path))?.len();
-            Ok((replayed, after))
+            Ok((replayed, after, same_dir))
         },
     )?;
     lock.release().map_err(mbx)?;
+    if !same_dir {
+        return Err(AdminError::Io(
+            format!("state directory {}", state.dir.display()),
+            io::Error::other("replaced while recovering; run again"),
+        ));
+    }
     Ok(if replayed {
         Outcome::Replayed { before, after }
     } else if journal {
@@ -175,6 +190,20 @@ fn recover_one(
     } else {
         Outcome::Discarded
     })
+}
+
+/// Device and inode of the directory `dir` (not followed if a symlink), `None` when there is
+/// none; anything else in its place is an error.
+fn dir_identity(dir: &Path) -> Result<Option<(u64, u64)>, AdminError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(Some((m.dev(), m.ino()))),
+        Ok(_) => Err(AdminError::Io(
+            format!("state directory {}", dir.display()),
+            io::Error::other("exists and is not a directory"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at("stat", dir)(e)),
+    }
 }
 
 /// Whether a path exists, without following a symlink.
