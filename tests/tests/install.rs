@@ -1,6 +1,6 @@
 //! scripts/install puts every program in place with the owner and mode it needs and creates
 //! the spool as Debian's, pop-tls's user and its root-only certificate and ticket-key
-//! directory: checked as root into a scratch DESTDIR, twice (a second run changes nothing).
+//! directory, and the systemd units: checked as root into a scratch DESTDIR, twice (a second run changes nothing).
 
 use popspool_tests::{is_root, skip};
 use std::os::unix::fs::MetadataExt;
@@ -97,6 +97,39 @@ fn install_sets_owners_modes_and_the_spool() {
             "{d}"
         );
     }
+    // The units, with their commands under the prefix, the boot-time recovery among them.
+    let units = dest.path().join("usr/local/lib/systemd/system");
+    for u in [
+        "pop3.socket",
+        "pop3@.service",
+        "pop3s.socket",
+        "pop3s@.service",
+        "pop3-starttls.socket",
+        "pop3-starttls@.service",
+        "pop-tls-rotate.service",
+        "pop-tls-rotate.timer",
+        "pop-spool-recover.service",
+    ] {
+        let p = units.join(u);
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|_| panic!("{u} installed"));
+        assert!(m.is_file(), "{u}");
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o644), "{u}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(root.join("scripts/systemd").join(u)).unwrap(),
+            "{u}: the default prefix leaves the unit as shipped"
+        );
+    }
+    let recover = std::fs::read_to_string(units.join("pop-spool-recover.service")).unwrap();
+    assert!(
+        recover.contains("ExecStart=/usr/local/bin/pop-spool --spool-dir /var/spool/mail recover")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     for man in [
         "pop-serve.8",
         "pop-popup.8",

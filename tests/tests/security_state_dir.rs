@@ -1,7 +1,7 @@
 //! Issue 9, finding 1: root's `pop-spool` must never follow a path its user controls. The user
 //! owns `$HOME`, so they can swap `$HOME/.popspool` for a symlink to a root-only directory at
-//! any moment; `index`, `expire` and `migrate`, run as root, must then either work in the real
-//! directory or fail cleanly, and never create, change or remove anything in the root-only one.
+//! any moment; `index`, `expire`, `migrate` and `recover`, run as root, must then either work in
+//! the real directory or fail cleanly, and never create, change or remove anything in the root-only one.
 //!
 //! Each test creates a throwaway account (useradd, removed again) and races `pop-spool`: a
 //! thread swaps `.popspool` for a symlink the moment the directory appears, or the moment
@@ -455,6 +455,60 @@ fn migrate_never_follows_a_swapped_state_dir() {
             assert!(!new.exists(), "{what}");
             tally.failed += 1;
         }
+        tally.runs += 1;
+        tally.swapped += usize::from(swapped);
+    }
+    eprintln!("{test}: {tally:?}");
+    assert!(tally.runs >= MIN_RUNS, "{tally:?}");
+    assert!(tally.swapped > 0, "the racer never fired: {tally:?}");
+}
+
+#[test]
+fn recover_never_follows_a_swapped_state_dir() {
+    let test = "recover_never_follows_a_swapped_state_dir";
+    let Some(scene) = Scene::new("r", test) else {
+        return;
+    };
+    let mbox = scene.mailbox();
+    let bytes = mailbox_bytes(0, 300);
+    scene.plant_decoys(&mbox);
+    let tmp_name = {
+        let j = state_paths(Path::new("/"), &mbox).journal;
+        format!("{}.tmp", j.file_name().unwrap().to_string_lossy())
+    };
+    let mut tally = Tally::default();
+    let start = Instant::now();
+    for i in 0..RUNS {
+        if start.elapsed() > TIME_BUDGET {
+            break;
+        }
+        let target = &scene.targets[i % 2];
+        // A session of the user was killed while writing its journal: recover has something
+        // pending, so it takes the mailbox's dotlock, which fires the swap.
+        scene.reset_home(true);
+        let tmp = scene.user.state().join(&tmp_name);
+        fs::write(&tmp, b"half a journal").unwrap();
+        std::os::unix::fs::chown(&tmp, Some(scene.user.uid), Some(scene.user.gid)).unwrap();
+        scene.write_mailbox(&mbox, &bytes);
+        let cmd = spool_cmd(&scene, &["recover", &scene.user.name]);
+        let (o, swapped) = race(&scene, cmd, Trigger::Dotlock, &mbox, target);
+        let what = format!("run {i} ({})", target.display());
+        assert_clean(&o, &what);
+        scene.assert_targets_untouched(&mbox, &what);
+        if o.status.success() {
+            assert!(
+                state_file(&scene, &tmp_name).is_none(),
+                "{what}: succeeded but the user's incomplete journal is still there\n{}",
+                text(&o)
+            );
+            tally.ok += 1;
+        } else {
+            tally.failed += 1;
+        }
+        assert!(
+            fs::read(&mbox).unwrap() == bytes,
+            "{what}: the mailbox changed"
+        );
         tally.runs += 1;
         tally.swapped += usize::from(swapped);
     }

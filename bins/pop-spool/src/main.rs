@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use spool_admin::{
-    self as admin, check, create, expire, index, migrate, stats, AdminError, Layout, StateDirs, Ui,
+    self as admin, check, create, expire, index, migrate, recover, stats, AdminError, Layout,
+    StateDirs, Ui,
 };
 use spool_wire::cli;
 use std::ffi::OsString;
@@ -80,6 +81,13 @@ enum Cmd {
     },
     /// Build or refresh the mbox index pop-serve keeps in the state directory.
     Index {
+        #[arg(long)]
+        all: bool,
+        users: Vec<OsString>,
+    },
+    /// Finish every update journal an interrupted UPDATE left (every mailbox without USERs).
+    Recover {
+        /// Every mailbox of the spool (also the default when no USER is named).
         #[arg(long)]
         all: bool,
         users: Vec<OsString>,
@@ -246,6 +254,29 @@ fn run(args: Args, ui: &mut Ui<'_>) -> Result<i32, AdminError> {
                 r.mailboxes, r.built, r.refreshed, r.unchanged, r.messages, r.errors
             ));
             Ok(if r.errors > 0 {
+                admin::EXIT_TEMP
+            } else {
+                admin::EXIT_OK
+            })
+        }
+        Cmd::Recover { all, users } => {
+            if all && !users.is_empty() {
+                return Err(AdminError::Usage(
+                    "name users or give --all (not both)".into(),
+                ));
+            }
+            let opts = recover::RecoverOptions {
+                layout,
+                users,
+                state,
+                lock_wait,
+            };
+            let r = recover::recover(&opts, ui)?;
+            ui.say(&format!(
+                "recover: {} mailboxes, {} replayed, {} incomplete journals removed, {} nothing pending, {} failed",
+                r.mailboxes, r.replayed, r.discarded, r.nothing, r.failed
+            ));
+            Ok(if r.failed > 0 {
                 admin::EXIT_TEMP
             } else {
                 admin::EXIT_OK

@@ -27,6 +27,7 @@ pub mod expire;
 pub mod index;
 pub mod json;
 pub mod migrate;
+pub mod recover;
 pub mod stats;
 
 use spool_store::error::MailboxError;
