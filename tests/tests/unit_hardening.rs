@@ -2,14 +2,20 @@
 //!
 //! 1. `systemd-analyze security --offline=yes` rates every scripts/systemd/*.service at 4.0 or
 //!    below (the "Overall exposure level" line, and `--threshold=40`'s exit status).
-//! 2. Without systemd as PID 1 the units cannot be started for real, so the settings that can
-//!    be reproduced outside systemd are: each unit's command runs (as root) with exactly the
-//!    unit's CapabilityBoundingSet= (setpriv), in a private network namespace (unshare --net,
-//!    for PrivateNetwork=), with the unit's UMask=, and NoNewPrivileges= when the unit sets it,
-//!    under strace; every system call the programs made must be one the unit's
-//!    SystemCallFilter= allows (its groups expanded by `systemd-analyze syscall-filter`). The
-//!    plain unit serves a root:mail 2775 spool through the setgid pop-dotlock, the TLS units
-//!    serve curl through systemd-socket-activate, the rotation unit rotates a key file.
+//! 2. The units run under a real systemd: where PID 1 is not systemd, a systemd of its own is
+//!    PID 1 of new pid, mount and UTS namespaces, with the shipped units as they are (drop-ins
+//!    only move the sockets to loopback ports). A system account logs in through
+//!    /etc/shadow and deletes from a root:mail 2775 spool through the setgid pop-dotlock;
+//!    /proc shows the session as the sandbox made it (the user, the bounding set, seccomp, no
+//!    no_new_privs, the umask, a private network namespace, REMOTE_ADDR, a read-only system
+//!    with the spool and /home writable); the TLS units serve curl; the rotation unit adds a
+//!    key; no unit fails.
+//! 3. The system calls: each unit's command runs (as root) with exactly the unit's
+//!    CapabilityBoundingSet= (setpriv), in a private network namespace (unshare --net), with
+//!    the unit's UMask=, and NoNewPrivileges= when the unit sets it, under strace; every system
+//!    call the programs made must be one the unit's SystemCallFilter= allows (its groups
+//!    expanded by `systemd-analyze syscall-filter`), so a path that the sessions above did not
+//!    take is still checked against the list rather than against SIGSYS.
 
 use popspool_tests::gen;
 use popspool_tests::tlsca::Pki;
@@ -610,5 +616,484 @@ fn rotate_unit_sandbox_rotates_within_its_filter() {
         &unit,
         &trace,
         &[&target_dir()],
+    );
+}
+
+/// A systemd of its own: PID 1 of new pid, mount and UTS namespaces (the host's PID 1 is not
+/// systemd where these tests run). Inside, and only there: /run, /home, the spool and
+/// /usr/local/bin are fresh tmpfs, /etc is a copy with a user `popdemo` and
+/// /etc/popspool/tls, the built programs are installed as scripts/install does (pop-dotlock
+/// root:mail 2755), and the shipped units are in /run/systemd/system as they are, with
+/// drop-ins that only move the sockets to loopback ports and drop the default dependencies
+/// (so that nothing but these units starts). Killed on drop: the namespace dies with it.
+struct Container {
+    dir: tempfile::TempDir,
+    unshare: std::process::Child,
+    systemd: i32,
+    ports: [(&'static str, u16); 3],
+    /// The cgroups systemd will make below ours that did not exist before: removed on drop.
+    cgroups: Vec<PathBuf>,
+}
+
+/// This process's cgroup directory in every mounted hierarchy (v1 and v2).
+fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounts: Vec<Vec<&str>> = mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .collect();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    own.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctls, path) = (it.next()?, it.next()?, it.next()?);
+            let m = mounts.iter().find(|f| {
+                if ctls.is_empty() {
+                    f[2] == "cgroup2"
+                } else {
+                    f[2] == "cgroup" && ctls.split(',').all(|c| f[3].split(',').any(|o| o == c))
+                }
+            })?;
+            Some(Path::new(m[1]).join(path.trim_start_matches('/')))
+        })
+        .collect()
+}
+
+/// Removes a tree of (empty) cgroups, leaves first; a cgroup still in use stays.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+const CONTAINER_USER: &str = "popdemo";
+const CONTAINER_UID: u32 = 4242;
+
+/// Run as PID 1 of the namespaces by `unshare`; $D is the scratch directory, $B the built
+/// programs.
+const CONTAINER_INIT: &str = r#"set -eu
+# The cgroup hierarchies again, rooted at this cgroup namespace's root: systemd makes its
+# cgroups below the test's own.
+if grep -q '^[^ ]* /sys/fs/cgroup cgroup2 ' /proc/self/mounts; then
+  umount /sys/fs/cgroup
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  grep -E '^[^ ]+ /sys/fs/cgroup/[^ ]+ cgroup2? ' /proc/self/mounts > "$D/cgroups"
+  umount -R /sys/fs/cgroup
+  mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
+  while read -r src dir type opts rest; do
+    mkdir -p "$dir"
+    mount -t "$type" -o "$opts" "$src" "$dir"
+  done < "$D/cgroups"
+fi
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/systemd/system
+cp -r "$D/units/." /run/systemd/system/
+cp -a /etc "$D/etc"
+cat "$D/passwd-line" >> "$D/etc/passwd"
+cat "$D/group-line" >> "$D/etc/group"
+cat "$D/shadow-line" >> "$D/etc/shadow"
+install -d -o root -g root -m 0700 "$D/etc/popspool" "$D/etc/popspool/tls"
+cp "$D/tls/cert.pem" "$D/tls/key.pem" "$D/tls/ticket-keys" "$D/etc/popspool/tls/"
+mount --bind "$D/etc" /etc
+mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin
+for p in pop-popup pop-checkpassword pop-serve pop-tls; do
+  install -o root -g root -m 0755 "$B/$p" /usr/local/bin/$p
+done
+install -o root -g mail -m 2755 "$B/pop-dotlock" /usr/local/bin/pop-dotlock
+mount -t tmpfs -o mode=0755 tmpfs /home
+install -d -o 4242 -g 4242 -m 0700 /home/popdemo
+spool=$(readlink -f /var/spool/mail)
+mount -t tmpfs -o mode=2775,gid=$(getent group mail | cut -d: -f3) tmpfs "$spool"
+install -d -o root -g mail -m 2775 "$spool/p"
+install -o 4242 -g 4242 -m 0600 "$D/mbox" "$spool/p/popdemo"
+exec env container=popspool-test /lib/systemd/systemd --system --unit=popspool-test.target
+"#;
+
+impl Container {
+    /// None, with a SKIPPED line, where it cannot run.
+    fn start(test: &str, pki: &Pki) -> Option<Container> {
+        let systemd = Path::new("/lib/systemd/systemd");
+        let pid1 = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+        if !is_root() || !systemd.is_file() || which("unshare").is_none() {
+            skip(test, "needs root, /lib/systemd/systemd and unshare");
+            return None;
+        }
+        if pid1.trim() == "systemd" {
+            // A second systemd would share the host's cgroup tree with the first.
+            skip(
+                test,
+                "PID 1 is systemd: install the units and start pop3.socket with systemctl",
+            );
+            return None;
+        }
+        if !Path::new("/var/spool/mail").exists() {
+            skip(test, "no /var/spool/mail to mount the test spool on");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+        let ports = [
+            ("pop3.socket", free_port()),
+            ("pop3s.socket", free_port()),
+            ("pop3-starttls.socket", free_port()),
+        ];
+        let units = d.join("units");
+        fs::create_dir(&units).unwrap();
+        for e in fs::read_dir(repo().join("scripts/systemd")).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            fs::copy(&p, units.join(&name)).unwrap();
+            let dropin = units.join(format!("{name}.d"));
+            fs::create_dir(&dropin).unwrap();
+            let mut conf = String::from("[Unit]\nDefaultDependencies=no\n");
+            if let Some((_, port)) = ports.iter().find(|(n, _)| *n == name) {
+                conf.push_str(&format!(
+                    "[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"
+                ));
+            }
+            fs::write(dropin.join("test.conf"), conf).unwrap();
+        }
+        fs::write(
+            units.join("popspool-test.target"),
+            "[Unit]\nDescription=popspool unit test\nDefaultDependencies=no\n\
+             Wants=pop3.socket pop3s.socket\n",
+        )
+        .unwrap();
+
+        let hash = Command::new("openssl")
+            .args(["passwd", "-6", PASSWORD])
+            .output()
+            .unwrap();
+        assert!(hash.status.success());
+        let hash = String::from_utf8(hash.stdout).unwrap();
+        let (u, id) = (CONTAINER_USER, CONTAINER_UID);
+        fs::write(
+            d.join("passwd-line"),
+            format!("{u}:x:{id}:{id}::/home/{u}:/bin/sh\n"),
+        )
+        .unwrap();
+        fs::write(d.join("group-line"), format!("{u}:x:{id}:\n")).unwrap();
+        fs::write(
+            d.join("shadow-line"),
+            format!("{u}:{}:20000:0:99999:7:::\n", hash.trim()),
+        )
+        .unwrap();
+        let msgs = gen::varied_rfc5322(11, 4);
+        fs::write(d.join("mbox"), gen::mbox_bytes(&msgs)).unwrap();
+        let tls = d.join("tls");
+        fs::create_dir(&tls).unwrap();
+        let (chain, key) = pki.leaf("localhost", "p256");
+        fs::copy(chain, tls.join("cert.pem")).unwrap();
+        fs::copy(key, tls.join("key.pem")).unwrap();
+        let st = Command::new(bin("pop-tls"))
+            .arg("--rotate-ticket-keys")
+            .arg(tls.join("ticket-keys"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::write(d.join("init.sh"), CONTAINER_INIT).unwrap();
+        let cgroups: Vec<PathBuf> = own_cgroup_dirs()
+            .iter()
+            .flat_map(|b| [b.join("init.scope"), b.join("system.slice")])
+            .filter(|p| !p.exists())
+            .collect();
+
+        let log = fs::File::create(d.join("init.log")).unwrap();
+        let unshare = Command::new(which("unshare").unwrap())
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--uts",
+                "--cgroup",
+                "--propagation",
+                "private",
+                "--mount-proc",
+                "/bin/sh",
+            ])
+            .arg(d.join("init.sh"))
+            .env("D", d)
+            .env("B", target_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        // unshare's one child becomes the namespace's PID 1.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let systemd = loop {
+            let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id()))
+                .unwrap_or_default();
+            if let Some(p) = children.split_whitespace().next() {
+                break p.parse::<i32>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "unshare did not fork");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let c = Container {
+            dir,
+            unshare,
+            systemd,
+            ports,
+            cgroups,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", c.port("pop3.socket"))).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "systemd did not open pop3.socket: {}",
+                fs::read_to_string(c.dir.path().join("init.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(c)
+    }
+
+    fn port(&self, socket: &str) -> u16 {
+        self.ports.iter().find(|(n, _)| *n == socket).unwrap().1
+    }
+
+    /// systemctl inside the namespaces.
+    fn systemctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(which("nsenter").expect("nsenter"))
+            .args([
+                "-t",
+                &self.systemd.to_string(),
+                "-m",
+                "-p",
+                "-u",
+                "systemctl",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A path as the namespace sees it.
+    fn inside(&self, p: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{p}", self.systemd))
+    }
+
+    /// Processes named `comm` in the namespace.
+    fn pids_of(&self, comm: &str) -> Vec<i32> {
+        let ns = fs::read_link(format!("/proc/{}/ns/pid", self.systemd)).unwrap();
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+                    && fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|n| n == ns)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.systemd),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.unshare.wait();
+        // The kernel empties a cgroup once its processes are reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.cgroups.iter().any(|c| c.exists()) && Instant::now() < deadline {
+            for c in &self.cgroups {
+                remove_cgroup_tree(c);
+            }
+            if self.cgroups.iter().any(|c| c.exists()) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// `Key:\tvalue` of /proc/PID/status.
+fn status_field(pid: i32, key: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A line-based POP3 exchange on a plain connection.
+struct Pop {
+    r: std::io::BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Pop {
+    fn connect(port: u16) -> Pop {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut p = Pop {
+            r: std::io::BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        let greeting = p.line();
+        assert!(greeting.starts_with("+OK "), "{greeting}");
+        p
+    }
+
+    fn line(&mut self) -> String {
+        // Messages may hold 8-bit bytes.
+        let mut l = Vec::new();
+        std::io::BufRead::read_until(&mut self.r, b'\n', &mut l).unwrap();
+        String::from_utf8_lossy(&l).into_owned()
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        self.w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        self.line()
+    }
+}
+
+#[test]
+fn shipped_units_work_under_a_real_systemd() {
+    let test = "shipped_units_work_under_a_real_systemd";
+    if which("nsenter").is_none() || which("openssl").is_none() {
+        skip(test, "needs nsenter and openssl");
+        return;
+    }
+    let Some(pki) = Pki::new() else { return };
+    let Some(c) = Container::start(test, &pki) else {
+        return;
+    };
+    let mbox = c.inside("/var/spool/mail/p/popdemo");
+    let before = fs::metadata(&mbox).unwrap().len();
+
+    // pop3@.service: a system account (/etc/shadow), the root:mail 2775 spool.
+    let mut p = Pop::connect(c.port("pop3.socket"));
+    assert!(p.cmd(&format!("USER {CONTAINER_USER}")).starts_with("+OK"));
+    let pass = p.cmd(&format!("PASS {PASSWORD}"));
+    assert!(pass.starts_with("+OK"), "login with /etc/shadow: {pass}");
+    assert!(p.cmd("STAT").starts_with("+OK 4 "));
+    // The session as systemd runs it.
+    let serve = c.pids_of("pop-serve");
+    assert_eq!(serve.len(), 1, "one pop-serve: {serve:?}");
+    let pid = serve[0];
+    let uid = CONTAINER_UID.to_string();
+    assert!(
+        status_field(pid, "Uid").starts_with(&uid),
+        "runs as the user"
+    );
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(
+        status_field(pid, "CapBnd"),
+        "00000000000000c4",
+        "bounding set: SETUID, SETGID, DAC_READ_SEARCH"
+    );
+    assert_eq!(status_field(pid, "Seccomp"), "2", "SystemCallFilter=");
+    assert_eq!(
+        status_field(pid, "NoNewPrivs"),
+        "0",
+        "pop-dotlock keeps its group"
+    );
+    assert_eq!(status_field(pid, "Umask"), "0077");
+    assert_ne!(
+        fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        fs::read_link("/proc/self/ns/net").unwrap(),
+        "PrivateNetwork="
+    );
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"REMOTE_ADDR=127.0.0.1"),
+        "REMOTE_ADDR from systemd reaches pop-serve"
+    );
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let opts = |point: &str| -> String {
+        // The last mount on a point is the one in effect.
+        mounts
+            .lines()
+            .rev()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 5 && f[4] == point)
+            .map(|f| f[5].to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        opts("/").starts_with("ro"),
+        "ProtectSystem=strict: {mounts}"
+    );
+    assert!(opts("/etc").starts_with("ro"), "/etc read-only");
+    assert!(opts("/home").starts_with("rw"), "/home writable");
+    let spool = fs::read_link("/var/spool/mail")
+        .map(|l| Path::new("/var/spool").join(l))
+        .unwrap_or_else(|_| PathBuf::from("/var/spool/mail"));
+    let spool = fs::canonicalize(spool).unwrap();
+    assert!(
+        opts(spool.to_str().unwrap()).starts_with("rw"),
+        "the spool writable: {mounts}"
+    );
+    assert!(p.cmd("RETR 1").contains("octets"));
+    while p.line() != ".\r\n" {}
+    assert_eq!(p.cmd("DELE 1"), "+OK message 1 deleted\r\n");
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    drop(p);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&mbox).unwrap().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "DELE committed through pop-dotlock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // pop3s@.service and pop3-starttls@.service: curl through pop-tls.
+    let curl = which("curl");
+    let fetch = |scheme: &str, port: u16| {
+        let Some(curl) = &curl else {
+            skip(test, "curl not installed: TLS units not fetched");
+            return;
+        };
+        let mut cmd = Command::new(curl);
+        cmd.args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(pki.ca())
+            .arg(format!(
+                "{scheme}://{CONTAINER_USER}:{PASSWORD}@localhost:{port}/1"
+            ));
+        if scheme == "pop3" {
+            cmd.arg("--ssl-reqd");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{scheme}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    fetch("pop3s", c.port("pop3s.socket"));
+    let out = c.systemctl(&["start", "pop3-starttls.socket"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", c.port("pop3-starttls.socket"))).is_err() {
+        assert!(Instant::now() < deadline, "pop3-starttls.socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fetch("pop3", c.port("pop3-starttls.socket"));
+
+    // pop-tls-rotate.service: root with no capability replaces its key file.
+    let keys = c.inside("/etc/popspool/tls/ticket-keys");
+    let len = fs::metadata(&keys).unwrap().len();
+    let out = c.systemctl(&["start", "pop-tls-rotate.service"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(fs::metadata(&keys).unwrap().len() > len, "a key was added");
+    let failed = c.systemctl(&["list-units", "--failed", "--plain", "--no-legend"]);
+    assert!(
+        !String::from_utf8_lossy(&failed.stdout).contains("pop"),
+        "failed units: {}",
+        String::from_utf8_lossy(&failed.stdout)
     );
 }
