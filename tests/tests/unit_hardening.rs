@@ -1051,6 +1051,11 @@ fn shipped_units_work_under_a_real_systemd() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    assert!(
+        c.inside("/home/popdemo/.popspool").is_dir(),
+        "the state directory was made in the writable /home"
+    );
+
     // pop3s@.service and pop3-starttls@.service: curl through pop-tls.
     let curl = which("curl");
     let fetch = |scheme: &str, port: u16| {
