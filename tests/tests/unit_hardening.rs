@@ -961,6 +961,10 @@ impl Pop {
 #[test]
 fn shipped_units_work_under_a_real_systemd() {
     let test = "shipped_units_work_under_a_real_systemd";
+    if !is_root() {
+        skip(test, "needs root (namespaces, mounts, a system of its own)");
+        return;
+    }
     if which("nsenter").is_none() || which("openssl").is_none() {
         skip(test, "needs nsenter and openssl");
         return;
