@@ -259,6 +259,21 @@ fn tools(test: &str) -> Option<Tools> {
         find("unshare"),
         find("setpriv"),
     ) {
+        (Some(_), Some(strace), Some(unshare), Some(_))
+            if !Command::new(&unshare)
+                .args(["--net", "true"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+                || !Command::new(&strace)
+                    .args(["-f", "-o", "/dev/null", "true"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success()) =>
+        {
+            skip(test, "cannot make a network namespace or trace here");
+            None
+        }
         (Some(analyze), Some(strace), Some(unshare), Some(setpriv)) => Some(Tools {
             analyze,
             strace,
@@ -730,6 +745,26 @@ impl Container {
             skip(
                 test,
                 "PID 1 is systemd: install the units and start pop3.socket with systemctl",
+            );
+            return None;
+        }
+        // A container without the right to make namespaces (docker without privileges).
+        let probe = Command::new(which("unshare").unwrap())
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--uts",
+                "--cgroup",
+                "--mount-proc",
+                "true",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            skip(
+                test,
+                "cannot make pid, mount, UTS and cgroup namespaces here",
             );
             return None;
         }
