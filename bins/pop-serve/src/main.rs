@@ -153,8 +153,7 @@ fn real_main() -> u8 {
     let addr = client_address();
 
     // Here too, not only in pop-popup: a front end such as qmail-popup sets nothing.
-    if let Some(ka) = spool_wire::sock::KeepAlive::within(Duration::from_secs(args.tcp_keepalive))
-    {
+    if let Some(ka) = spool_wire::sock::KeepAlive::within(Duration::from_secs(args.tcp_keepalive)) {
         if let Err(e) = spool_wire::sock::keepalive_client(&ka) {
             log.log(Level::Debug, &format!("user={user} addr={addr} {e}"));
         }
@@ -255,7 +254,8 @@ fn real_main() -> u8 {
     let cfg = SessionConfig {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         line_deadline: Duration::from_secs(args.line_timeout),
-        max_session: (args.max_session_time > 0).then(|| Duration::from_secs(args.max_session_time)),
+        max_session: (args.max_session_time > 0)
+            .then(|| Duration::from_secs(args.max_session_time)),
         max_bad_commands: args.max_bad_commands.max(1),
         expire: args.expire,
         login_delay: args.login_delay,

@@ -159,9 +159,8 @@ fn set_keepalive(fd: RawFd, dead_after: Duration) {
     // SAFETY: fd 0 and 1 stay open for the whole life of the process.
     let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let tcp = matches!(getsockopt(&b, sockopt::SockType), Ok(SockType::Stream))
-        && getsockname::<SockaddrStorage>(fd).is_ok_and(|a| {
-            matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6))
-        });
+        && getsockname::<SockaddrStorage>(fd)
+            .is_ok_and(|a| matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)));
     if !tcp {
         return;
     }

@@ -60,9 +60,8 @@ impl KeepAlive {
 pub fn is_tcp(fd: BorrowedFd<'_>) -> bool {
     let stream = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::Stream));
     stream
-        && getsockname::<SockaddrStorage>(fd.as_raw_fd()).is_ok_and(|a| {
-            matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6))
-        })
+        && getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .is_ok_and(|a| matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)))
 }
 
 /// Sets `ka` on `fd` when it is a TCP socket. `Ok(true)` when set, `Ok(false)` when `fd` is
