@@ -345,39 +345,44 @@ fn pop_tls_sets_keepalive_on_the_network_socket() {
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let (cert, key) = pki.leaf("localhost", "p256");
-    let mut argv = vec![bin("pop-tls").display().to_string()];
-    argv.extend(["--log", "stderr"].map(String::from));
-    if is_root() {
-        argv.extend(["--user", "nobody"].map(String::from));
-    }
-    argv.extend([
-        "--tcp-keepalive".into(),
-        "24".into(),
-        "--starttls".into(),
-        "--cert".into(),
-        cert.display().to_string(),
-        "--key".into(),
-        key.display().to_string(),
-        "/bin/sh".into(),
-        "-c".into(),
-        "echo '+OK clear'; sleep 20".into(),
-    ]);
-    let Some(srv) = Server::start("127.0.0.1", &argv, dir.path().join("log")) else {
-        return;
+    let argv = |extra: &[&str]| {
+        let mut argv = vec![bin("pop-tls").display().to_string()];
+        argv.extend(["--log", "stderr"].map(String::from));
+        if is_root() {
+            argv.extend(["--user", "nobody"].map(String::from));
+        }
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--starttls".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo '+OK clear'; sleep 20".into(),
+        ]);
+        argv
     };
     // In clear text under --starttls the program's line reaches the client at once; the
-    // network socket belongs to pop-tls's network process.
-    check_keepalive(
-        "pop_tls_sets_keepalive_on_the_network_socket",
-        &srv,
-        keepalive_of(12, 2, 24),
-    );
+    // network socket belongs to pop-tls's network process. Its own defaults first (the same
+    // values as the login chain's), then its own arithmetic for another value.
+    for (extra, want) in [
+        (&[][..], keepalive_of(60, 10, 120)),
+        (&["--tcp-keepalive", "24"][..], keepalive_of(12, 2, 24)),
+    ] {
+        let Some(srv) = Server::start("127.0.0.1", &argv(extra), dir.path().join("log")) else {
+            return;
+        };
+        check_keepalive("pop_tls_sets_keepalive_on_the_network_socket", &srv, want);
+    }
 }
 
 /// A network namespace holding one end of a veth pair; `ip` is the root side's address,
 /// `peer_ip` the namespace side's. Deleted (with the pair) on drop.
 struct Netns {
     name: String,
+    here_if: String,
     peer_if: String,
     ip: String,
     peer_ip: String,
@@ -402,6 +407,7 @@ impl Netns {
         let net = format!("198.19.{}", id % 250);
         let n = Netns {
             name: name.clone(),
+            here_if: here.clone(),
             peer_if: peer_if.clone(),
             ip: format!("{net}.1"),
             peer_ip: format!("{net}.2"),
@@ -433,7 +439,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
+        // The pair goes with either end; the namespace itself lingers in the kernel only
+        // while the killed client's socket still holds it.
+        ip(&["link", "del", &self.here_if]);
         ip(&["netns", "del", &self.name]);
     }
 }
