@@ -314,6 +314,53 @@ fn pop_serve_tcp_keepalive_zero_leaves_the_socket_alone() {
     );
 }
 
+/// A front end that turns keepalive on with its own values, then execs the rest of its
+/// arguments on the same socket (as pop-popup does before the chain reaches pop-serve).
+const KEEPALIVE_FRONT: &str = "import os, socket, sys
+s = socket.socket(fileno=0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+s.detach()
+os.execv(sys.argv[1], sys.argv[1:])
+";
+
+#[test]
+fn pop_serve_keeps_a_front_ends_keepalive_unless_told() {
+    const TEST: &str = "pop_serve_keeps_a_front_ends_keepalive_unless_told";
+    let Some(py) = which("python3") else {
+        skip(TEST, "python3 not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let front = |extra: &[&str]| {
+        let mut argv = vec![
+            py.display().to_string(),
+            "-c".into(),
+            KEEPALIVE_FRONT.into(),
+        ];
+        argv.extend(pop_serve_argv(dir.path(), extra));
+        argv
+    };
+    let theirs = Some(Seen {
+        on: true,
+        idle: 77,
+        interval: 7,
+        probes: 3,
+        user_timeout_ms: 0,
+    });
+    for (extra, want) in [
+        (&[][..], theirs),
+        (&["--tcp-keepalive", "30"][..], keepalive_of(15, 2, 30)),
+    ] {
+        let Some(srv) = Server::start("127.0.0.1", &front(extra), dir.path().join("log")) else {
+            return;
+        };
+        check_keepalive(TEST, &srv, want);
+    }
+}
+
 #[test]
 fn pop_popup_sets_the_default_keepalive_for_the_chain() {
     let dir = tempfile::tempdir().unwrap();

@@ -254,7 +254,7 @@ fn keepalive(log: &Logger, addr: &str, secs: u64) {
     let Some(ka) = spool_wire::sock::KeepAlive::within(Duration::from_secs(secs)) else {
         return;
     };
-    if let Err(e) = spool_wire::sock::keepalive_client(&ka) {
+    if let Err(e) = spool_wire::sock::keepalive_client(&ka, spool_wire::sock::Existing::Replace) {
         log.log(Level::Debug, &format!("addr={addr} {e}"));
     }
 }

@@ -104,9 +104,10 @@ struct Args {
 
     /// A client whose TCP connection goes silent is dropped about SECS seconds after its
     /// last sign of life (keepalive probes and TCP_USER_TIMEOUT on descriptors 0 and 1 when
-    /// they are TCP sockets); 0 leaves the socket as it is.
-    #[arg(long, value_name = "SECS", default_value_t = spool_wire::limits::DEFAULT_TCP_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86400))]
-    tcp_keepalive: u64,
+    /// they are TCP sockets); 0 leaves the socket as it is. Without this option the default
+    /// (120) applies only to a socket whose keepalive a front end has not turned on already.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86400))]
+    tcp_keepalive: Option<u64>,
 
     /// Where logs go: syslog (facility mail), stderr, or none. Under inetd stderr is the
     /// client's socket: use stderr only where it is not.
@@ -152,9 +153,17 @@ fn real_main() -> u8 {
     let user = std::env::var("USER").unwrap_or_default();
     let addr = client_address();
 
-    // Here too, not only in pop-popup: a front end such as qmail-popup sets nothing.
-    if let Some(ka) = spool_wire::sock::KeepAlive::within(Duration::from_secs(args.tcp_keepalive)) {
-        if let Err(e) = spool_wire::sock::keepalive_client(&ka) {
+    // Here too, not only in pop-popup: a front end such as qmail-popup sets nothing. What
+    // pop-popup or another front end chose is kept unless the option was given here.
+    let (secs, existing) = match args.tcp_keepalive {
+        Some(s) => (Duration::from_secs(s), spool_wire::sock::Existing::Replace),
+        None => (
+            spool_wire::limits::DEFAULT_TCP_KEEPALIVE,
+            spool_wire::sock::Existing::Keep,
+        ),
+    };
+    if let Some(ka) = spool_wire::sock::KeepAlive::within(secs) {
+        if let Err(e) = spool_wire::sock::keepalive_client(&ka, existing) {
             log.log(Level::Debug, &format!("user={user} addr={addr} {e}"));
         }
     }

@@ -80,13 +80,32 @@ pub fn set_keepalive(fd: BorrowedFd<'_>, ka: &KeepAlive) -> nix::Result<bool> {
     Ok(true)
 }
 
-/// Sets `ka` on the client's descriptors 0 and 1 where they are TCP sockets. Returns how many
-/// were set, or the first failure as text for a debug log line; the session goes on either
-/// way (it still has its idle timeout).
-pub fn keepalive_client(ka: &KeepAlive) -> Result<usize, String> {
+/// Whether keepalive is on for `fd` already (set by a front end before us).
+pub fn keepalive_is_on(fd: BorrowedFd<'_>) -> bool {
+    getsockopt(&fd, sockopt::KeepAlive).unwrap_or(false)
+}
+
+/// Whose settings win on a socket that has keepalive on already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Ours: the value was asked for explicitly.
+    Replace,
+    /// Theirs: ours is only a default, and a front end chose before us.
+    Keep,
+}
+
+/// Sets `ka` on the client's descriptors 0 and 1 where they are TCP sockets (with
+/// [`Existing::Keep`], only where keepalive is still off). Returns how many were set, or the
+/// first failure as text for a debug log line; the session goes on either way (it still has
+/// its idle timeout).
+pub fn keepalive_client(ka: &KeepAlive, existing: Existing) -> Result<usize, String> {
     let mut set = 0;
     for fd in [0 as RawFd, 1] {
-        match set_keepalive(crate::fds::lifelong(fd), ka) {
+        let b = crate::fds::lifelong(fd);
+        if existing == Existing::Keep && keepalive_is_on(b) {
+            continue;
+        }
+        match set_keepalive(b, ka) {
             Ok(true) => set += 1,
             Ok(false) => {}
             Err(e) => return Err(format!("tcp keepalive on fd {fd}: {e}")),
@@ -133,6 +152,17 @@ mod tests {
         assert_eq!(getsockopt(&s, sockopt::TcpKeepCount).unwrap(), 6);
         assert_eq!(getsockopt(&s, sockopt::TcpUserTimeout).unwrap(), 30_000);
         drop(c);
+    }
+
+    #[test]
+    fn keepalive_is_on_after_set() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert!(!keepalive_is_on(s.as_fd()));
+        let ka = KeepAlive::within(Duration::from_secs(30)).unwrap();
+        set_keepalive(s.as_fd(), &ka).unwrap();
+        assert!(keepalive_is_on(s.as_fd()));
     }
 
     #[test]
