@@ -77,6 +77,51 @@ fn max_session_time_ends_a_busy_session_without_update() {
 }
 
 #[test]
+fn max_session_time_ends_a_client_dripping_noop() {
+    // The client: NOOP a byte at a time, each line complete well within the line
+    // deadline, so neither the idle nor the line timeout ever fires.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mb) = one_message_box(dir.path());
+    let before = fs::read(&path).unwrap();
+    let mut args = logged_serve_args(dir.path());
+    args.extend(["--max-session-time", "2", "--line-timeout", "30", &mb].map(String::from));
+    let mut s = Served::spawn(&args, &[("USER", "tester")]);
+    s.client.line();
+    assert!(s.client.cmd("DELE 1").starts_with("+OK"));
+    let t = Instant::now();
+    let mut answers = Vec::new();
+    'drip: loop {
+        for b in b"NOOP\r\n" {
+            if s.client.w.write_all(&[*b]).is_err() {
+                break 'drip;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "a dripping session was never cut"
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let l = s.client.line();
+        let done = !l.starts_with("+OK");
+        answers.push(l);
+        if done {
+            break;
+        }
+    }
+    if answers.last().is_none_or(|l| l.starts_with("+OK")) {
+        answers.push(s.client.line());
+    }
+    assert!(answers.len() >= 2, "{answers:?}");
+    assert_eq!(
+        answers.last().unwrap(),
+        "-ERR session time limit reached, closing; nothing deleted"
+    );
+    let (_, log) = s.finish();
+    assert!(log.contains(" end=session time limit"), "{log}");
+    assert_eq!(fs::read(&path).unwrap(), before, "DELE committed");
+}
+
+#[test]
 fn max_session_time_does_not_cut_a_retr_under_way() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("mbox");
