@@ -94,13 +94,20 @@ pub enum Existing {
     Keep,
 }
 
-/// Sets `ka` on the client's descriptors 0 and 1 where they are TCP sockets (with
+/// Sets `ka` on the client's descriptors 0 and 1 (once when they are the same socket) where
+/// they are TCP sockets (with
 /// [`Existing::Keep`], only where keepalive is still off). Returns how many were set, or the
 /// first failure as text for a debug log line; the session goes on either way (it still has
 /// its idle timeout).
 pub fn keepalive_client(ka: &KeepAlive, existing: Existing) -> Result<usize, String> {
     let mut set = 0;
-    for fd in [0 as RawFd, 1] {
+    // inetd and tcpserver put one socket on both: set it once.
+    let same = |a: RawFd, b: RawFd| match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
+        (Ok(x), Ok(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    };
+    let fds: &[RawFd] = if same(0, 1) { &[0] } else { &[0, 1] };
+    for &fd in fds {
         let b = crate::fds::lifelong(fd);
         if existing == Existing::Keep && keepalive_is_on(b) {
             continue;
