@@ -59,6 +59,12 @@ struct Args {
     #[arg(long)]
     login_delay: Option<u64>,
 
+    /// A client whose TCP connection goes silent is dropped about SECS seconds after its
+    /// last sign of life (keepalive probes and TCP_USER_TIMEOUT on descriptors 0 and 1 when
+    /// they are TCP sockets; set once here for the whole session); 0 leaves the socket as is.
+    #[arg(long, value_name = "SECS", default_value_t = spool_wire::limits::DEFAULT_TCP_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86400))]
+    tcp_keepalive: u64,
+
     /// Where logs go: syslog (facility mail), stderr, or none. Under inetd stderr is the
     /// client's socket: use stderr only where it is not.
     #[arg(long, default_value = "syslog")]
@@ -178,6 +184,8 @@ fn real_main() -> u8 {
         return fail(&format!("cannot forbid core dumps: {e}"));
     }
 
+    keepalive(&log, &addr, args.tcp_keepalive);
+
     // Held until pop-popup, the parent of the whole session, exits.
     let _slots = match popup::slots::take_for(
         &args.slot_dir,
@@ -238,6 +246,17 @@ fn real_main() -> u8 {
         log_line(end.level(), &format!("end: {end}"));
     }
     end.exit_code()
+}
+
+/// Keepalive on the client's TCP socket, shared by every program of the chain after us.
+/// A failure costs only the early end of a vanished client's session: logged at debug level.
+fn keepalive(log: &Logger, addr: &str, secs: u64) {
+    let Some(ka) = spool_wire::sock::KeepAlive::within(Duration::from_secs(secs)) else {
+        return;
+    };
+    if let Err(e) = spool_wire::sock::keepalive_client(&ka, spool_wire::sock::Existing::Replace) {
+        log.log(Level::Debug, &format!("addr={addr} {e}"));
+    }
 }
 
 /// The front shared between the session and the log lines' `tls=` tag.

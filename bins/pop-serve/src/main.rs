@@ -77,6 +77,11 @@ struct Args {
     #[arg(long, default_value_t = spool_wire::limits::DEFAULT_LINE_DEADLINE.as_secs())]
     line_timeout: u64,
 
+    /// Seconds a whole session may last, counted from its greeting; 0 for no limit. A RETR
+    /// under way finishes; the next command gets `-ERR` and the session ends without UPDATE.
+    #[arg(long, value_name = "SECS", default_value_t = spool_wire::limits::DEFAULT_MAX_SESSION.as_secs())]
+    max_session_time: u64,
+
     /// Bad commands in a row before the session is ended.
     #[arg(long, default_value_t = spool_wire::limits::DEFAULT_MAX_BAD_COMMANDS)]
     max_bad_commands: u32,
@@ -96,6 +101,13 @@ struct Args {
     /// Maildir: leave retrieved messages in new/ instead of moving them to cur/ with the S flag.
     #[arg(long)]
     maildir_keep_new: bool,
+
+    /// A client whose TCP connection goes silent is dropped about SECS seconds after its
+    /// last sign of life (keepalive probes and TCP_USER_TIMEOUT on descriptors 0 and 1 when
+    /// they are TCP sockets); 0 leaves the socket as it is. Without this option the default
+    /// (120) applies only to a socket whose keepalive a front end has not turned on already.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86400))]
+    tcp_keepalive: Option<u64>,
 
     /// Where logs go: syslog (facility mail), stderr, or none. Under inetd stderr is the
     /// client's socket: use stderr only where it is not.
@@ -140,6 +152,21 @@ fn real_main() -> u8 {
     let started = Instant::now();
     let user = std::env::var("USER").unwrap_or_default();
     let addr = client_address();
+
+    // Here too, not only in pop-popup: a front end such as qmail-popup sets nothing. What
+    // pop-popup or another front end chose is kept unless the option was given here.
+    let (secs, existing) = match args.tcp_keepalive {
+        Some(s) => (Duration::from_secs(s), spool_wire::sock::Existing::Replace),
+        None => (
+            spool_wire::limits::DEFAULT_TCP_KEEPALIVE,
+            spool_wire::sock::Existing::Keep,
+        ),
+    };
+    if let Some(ka) = spool_wire::sock::KeepAlive::within(secs) {
+        if let Err(e) = spool_wire::sock::keepalive_client(&ka, existing) {
+            log.log(Level::Debug, &format!("user={user} addr={addr} {e}"));
+        }
+    }
 
     let out = match FdOutput::new(1, spool_wire::limits::WRITE_TIMEOUT) {
         Ok(o) => o,
@@ -236,6 +263,8 @@ fn real_main() -> u8 {
     let cfg = SessionConfig {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         line_deadline: Duration::from_secs(args.line_timeout),
+        max_session: (args.max_session_time > 0)
+            .then(|| Duration::from_secs(args.max_session_time)),
         max_bad_commands: args.max_bad_commands.max(1),
         expire: args.expire,
         login_delay: args.login_delay,

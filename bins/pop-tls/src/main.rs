@@ -49,6 +49,12 @@ struct Args {
     #[arg(long, default_value_t = popspool_tls::session::DEFAULT_WRITE_STALL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
     write_timeout: u64,
 
+    /// A client whose TCP connection goes silent is dropped about SECS seconds after its
+    /// last sign of life (keepalive probes and TCP_USER_TIMEOUT on the client's socket);
+    /// 0 leaves the socket as it is.
+    #[arg(long, value_name = "SECS", default_value_t = front::DEFAULT_TCP_KEEPALIVE.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86400))]
+    tcp_keepalive: u64,
+
     /// The unprivileged user the network process runs as when started as root.
     #[arg(long, default_value = DEFAULT_USER)]
     user: String,
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
         },
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         write_timeout: Duration::from_secs(args.write_timeout),
+        tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
         user: args.user,
         log: args.log,
         ticket_keys: args.ticket_keys,

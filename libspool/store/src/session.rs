@@ -2,7 +2,8 @@
 //!
 //! The session is preauthenticated, as qmail-pop3d is: it starts by printing the `+OK` that
 //! answers the client's PASS, then serves commands until QUIT (UPDATE: commit the deletions),
-//! end of input, a timeout or too many bad commands (no commit: nothing is deleted).
+//! end of input, a timeout, the session's time limit or too many bad commands (no commit:
+//! nothing is deleted).
 //!
 //! Responses to a batch of pipelined commands are buffered and flushed once, when no complete
 //! command line is left in the input buffer (RFC 2449 PIPELINING).
@@ -30,6 +31,10 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// A started command line must be complete within this time.
     pub line_deadline: Duration,
+    /// The whole session's life, counted from the greeting; `None` for no limit. Checked
+    /// whenever a command is to be read or served, so a RETR under way is never cut: the
+    /// next command is answered `-ERR` and the session ends without UPDATE.
+    pub max_session: Option<Duration>,
     /// This many bad commands in a row end the session.
     pub max_bad_commands: u32,
     /// Advertised in CAPA as `EXPIRE` when set.
@@ -43,6 +48,7 @@ impl Default for SessionConfig {
         SessionConfig {
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             line_deadline: limits::DEFAULT_LINE_DEADLINE,
+            max_session: Some(limits::DEFAULT_MAX_SESSION),
             max_bad_commands: limits::DEFAULT_MAX_BAD_COMMANDS,
             expire: None,
             login_delay: None,
@@ -60,6 +66,8 @@ pub enum EndReason {
     ClientClosed,
     IdleTimeout,
     LineTimeout,
+    /// The session reached `max_session`.
+    SessionLimit,
     TooManyBadCommands,
     /// The client stopped reading or the connection broke while we wrote.
     WriteFailed(io::Error),
@@ -76,6 +84,7 @@ impl fmt::Display for EndReason {
             EndReason::ClientClosed => write!(f, "client closed"),
             EndReason::IdleTimeout => write!(f, "idle timeout"),
             EndReason::LineTimeout => write!(f, "command line timeout"),
+            EndReason::SessionLimit => write!(f, "session time limit"),
             EndReason::TooManyBadCommands => write!(f, "too many bad commands"),
             EndReason::WriteFailed(e) => write!(f, "write failed: {e}"),
             EndReason::ReadFailed(e) => write!(f, "read failed: {e}"),
@@ -171,8 +180,18 @@ fn serve(
     let mut lines = LineBuffer::new(limits::MAX_COMMAND_LINE);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut partial_since: Option<Instant> = None;
+    let life_end = cfg.max_session.map(|d| Instant::now() + d);
+    let life_over = || life_end.is_some_and(|t| Instant::now() >= t);
+    let end_of_life = |out: &mut Out<'_>| {
+        let _ = response::err(out, None, SESSION_LIMIT_TEXT);
+        let _ = out.flush();
+        EndReason::SessionLimit
+    };
     loop {
         while let Some(line) = lines.next_line() {
+            if life_over() {
+                return end_of_life(out);
+            }
             let flow = match line {
                 Line::Complete(l) => st.handle_line(&l, out),
                 Line::TooLong => st.bad(out, "command line too long"),
@@ -201,13 +220,17 @@ fn serve(
             None
         };
         let idle_deadline = now + cfg.idle_timeout;
-        let deadline = match partial_since {
+        let mut deadline = match partial_since {
             Some(t) => idle_deadline.min(t + cfg.line_deadline),
             None => idle_deadline,
         };
+        if let Some(t) = life_end {
+            deadline = deadline.min(t);
+        }
         match input.read_until(&mut buf, deadline) {
             Ok(ReadOutcome::Data(n)) => lines.push(&buf[..n]),
             Ok(ReadOutcome::Eof) => return EndReason::ClientClosed,
+            Ok(ReadOutcome::TimedOut) if life_over() => return end_of_life(out),
             Ok(ReadOutcome::TimedOut) => {
                 let line_expired =
                     partial_since.is_some_and(|t| Instant::now() >= t + cfg.line_deadline);
@@ -227,6 +250,9 @@ fn serve(
         }
     }
 }
+
+/// The answer to the first command read after the session's time limit.
+pub const SESSION_LIMIT_TEXT: &str = "session time limit reached, closing; nothing deleted";
 
 /// Octets the session's output buffer collects before it writes them out. At least the
 /// caller's `BufWriter` capacity (pop-serve: 64 KiB), which then passes our writes straight

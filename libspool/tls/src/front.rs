@@ -33,6 +33,15 @@ use std::time::{Duration, Instant};
 
 /// Handshake deadline unless `--handshake-timeout` says otherwise.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client whose TCP connection goes silent is dropped about this long after its last sign
+/// of life, unless `--tcp-keepalive` says otherwise: keepalive probes start after half of it,
+/// [`TCP_KEEPALIVE_PROBES`] of them fit in the other half, and `TCP_USER_TIMEOUT` (which also
+/// ends a connection whose sent data stays unacknowledged) is all of it. For 120 s:
+/// `TCP_KEEPIDLE` 60 s, `TCP_KEEPINTVL` 10 s, `TCP_KEEPCNT` 6, `TCP_USER_TIMEOUT` 120 s, the
+/// same values the login chain's programs set.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(120);
+/// Keepalive probes sent before a silent client is given up (`TCP_KEEPCNT`).
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
 /// The TLS user unless `--user` says otherwise.
 pub const DEFAULT_USER: &str = "_poptls";
 /// The ALPN protocol id for POP3 (RFC 8314 registers `pop3`).
@@ -64,6 +73,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Output to the client that makes no progress for this long ends the session.
     pub write_timeout: Duration,
+    /// See [`DEFAULT_TCP_KEEPALIVE`]; zero leaves the socket's keepalive as it is.
+    pub tcp_keepalive: Duration,
     pub user: String,
     pub log: LogTarget,
     /// `--ticket-keys`: resumption across connections (see [`crate::tickets`]).
@@ -133,6 +144,38 @@ fn set_nodelay(fd: RawFd) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+}
+
+/// Keepalive on the client's TCP socket (see [`DEFAULT_TCP_KEEPALIVE`]); a Unix socket or a
+/// pipe is left alone, and a failure costs only the early end of a vanished client's
+/// session, so it is logged at debug level.
+fn set_keepalive(fd: RawFd, dead_after: Duration) {
+    use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt};
+    use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+    let secs = dead_after.as_secs();
+    if secs == 0 {
+        return;
+    }
+    // SAFETY: fd 0 and 1 stay open for the whole life of the process.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let tcp = matches!(getsockopt(&b, sockopt::SockType), Ok(SockType::Stream))
+        && getsockname::<SockaddrStorage>(fd)
+            .is_ok_and(|a| matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)));
+    if !tcp {
+        return;
+    }
+    // Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s.
+    let idle = (secs / 2).clamp(1, 32767) as u32;
+    let interval = (secs / (2 * u64::from(TCP_KEEPALIVE_PROBES))).clamp(1, 32767) as u32;
+    let user_ms = secs.saturating_mul(1000).min(u64::from(u32::MAX)) as u32;
+    let r = setsockopt(&b, sockopt::TcpKeepIdle, &idle)
+        .and_then(|()| setsockopt(&b, sockopt::TcpKeepInterval, &interval))
+        .and_then(|()| setsockopt(&b, sockopt::TcpKeepCount, &TCP_KEEPALIVE_PROBES))
+        .and_then(|()| setsockopt(&b, sockopt::TcpUserTimeout, &user_ms))
+        .and_then(|()| setsockopt(&b, sockopt::KeepAlive, &true));
+    if let Err(e) = r {
+        log::log(Level::Debug, &format!("tcp keepalive on fd {fd}: {e}"));
+    }
 }
 
 /// Places `from[i]` on descriptor `to[i]` without close-on-exec, whatever the overlaps.
@@ -244,8 +287,10 @@ pub fn run(cfg: Config) -> u8 {
     let mut io = ClientIo::stdio();
     if io.socket {
         set_nodelay(io.rfd);
+        set_keepalive(io.rfd, cfg.tcp_keepalive);
         if io.wfd != io.rfd {
             set_nodelay(io.wfd);
+            set_keepalive(io.wfd, cfg.tcp_keepalive);
         }
     }
     let user = match sandbox::lookup_user(&cfg.user) {

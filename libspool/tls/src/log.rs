@@ -36,6 +36,8 @@ pub enum Level {
     Err,
     Warning,
     Info,
+    /// Details an admin looks at only when something is odd.
+    Debug,
 }
 
 struct State {
@@ -85,6 +87,7 @@ pub fn log(level: Level, msg: &str) {
                 Level::Err => 3,
                 Level::Warning => 4,
                 Level::Info => 6,
+                Level::Debug => 7,
             };
             // RFC 3164 as syslog(3) writes it to /dev/log: facility mail (2).
             let line = format!(

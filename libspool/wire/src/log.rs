@@ -35,6 +35,8 @@ pub enum Level {
     Err,
     Warning,
     Info,
+    /// Details an admin looks at only when something is odd.
+    Debug,
 }
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
@@ -80,6 +82,7 @@ impl Logger {
                     Level::Err => "error",
                     Level::Warning => "warning",
                     Level::Info => "info",
+                    Level::Debug => "debug",
                 };
                 let _ = writeln!(
                     std::io::stderr(),
@@ -95,6 +98,7 @@ impl Logger {
                             Level::Err => l.err(clean),
                             Level::Warning => l.warning(clean),
                             Level::Info => l.info(clean),
+                            Level::Debug => l.debug(clean),
                         };
                     }
                 }

@@ -181,6 +181,55 @@ fn timeout_means_no_update() {
 }
 
 #[test]
+fn session_limit_ends_at_the_next_command_without_update() {
+    let mut b = FakeBox::new(2);
+    let cfg = SessionConfig {
+        max_session: Some(Duration::ZERO),
+        ..SessionConfig::default()
+    };
+    let mut input = ScriptedInput::new(b"DELE 1\r\nQUIT\r\n", 512);
+    let mut out = Vec::new();
+    let r = run(&mut b, &mut input, &mut out, &cfg);
+    assert!(matches!(r.end, EndReason::SessionLimit), "{:?}", r.end);
+    assert!(b.commits.is_empty());
+    assert_eq!(r.deleted, 0);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("+OK \r\n-ERR {SESSION_LIMIT_TEXT}\r\n")
+    );
+}
+
+#[test]
+fn session_limit_ends_a_waiting_session() {
+    let mut b = FakeBox::new(2);
+    let cfg = SessionConfig {
+        max_session: Some(Duration::ZERO),
+        ..SessionConfig::default()
+    };
+    let mut input = ScriptedInput::new(b"", 512).then_timeout();
+    let mut out = Vec::new();
+    let r = run(&mut b, &mut input, &mut out, &cfg);
+    assert!(matches!(r.end, EndReason::SessionLimit), "{:?}", r.end);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .ends_with(&format!("-ERR {SESSION_LIMIT_TEXT}\r\n")));
+}
+
+#[test]
+fn no_session_limit_when_off() {
+    let mut b = FakeBox::new(2);
+    let cfg = SessionConfig {
+        max_session: None,
+        ..SessionConfig::default()
+    };
+    let mut input = ScriptedInput::new(b"DELE 1\r\nQUIT\r\n", 512);
+    let mut out = Vec::new();
+    let r = run(&mut b, &mut input, &mut out, &cfg);
+    assert!(matches!(r.end, EndReason::Quit), "{:?}", r.end);
+    assert_eq!(b.commits.len(), 1);
+}
+
+#[test]
 fn quit_commits_and_reports_failure() {
     let mut b = FakeBox::new(2);
     let (out, r) = session(&mut b, "DELE 1\r\nQUIT\r\n", 64);
