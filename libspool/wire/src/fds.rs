@@ -129,9 +129,15 @@ pub fn open_descriptors() -> Vec<RawFd> {
 mod tests {
     use super::*;
     use std::os::fd::IntoRawFd;
+    use std::sync::Mutex;
+
+    /// The tests close every descriptor above a number in this one process: one at a time,
+    /// or `close_up_to_limit(800)` closes what `kept_descriptors_survive` just made at 900.
+    static PROCESS_FDS: Mutex<()> = Mutex::new(());
 
     #[test]
     fn kept_descriptors_survive() {
+        let _one = PROCESS_FDS.lock().unwrap_or_else(|e| e.into_inner());
         let f = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
         for fd in [900, 903, 905, 907] {
             nix::unistd::dup2(f, fd).unwrap();
@@ -150,6 +156,7 @@ mod tests {
 
     #[test]
     fn the_fallbacks_close_what_close_range_would() {
+        let _one = PROCESS_FDS.lock().unwrap_or_else(|e| e.into_inner());
         // Each path on descriptors made for it, far above what the test harness uses.
         for (base, path) in [(700, 0), (800, 1)] {
             let f = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
