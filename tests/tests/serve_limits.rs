@@ -255,9 +255,19 @@ fn root_mail_2775_spool_locks_through_the_setgid_helper() {
         out
     };
 
-    // Without the helper the user cannot take the dotlock: a clean temporary failure.
-    let out = run(None, &[]);
-    assert!(out[0].starts_with("-ERR [SYS/TEMP]"), "{out:?}");
+    // Without the helper the user cannot take the dotlock. Reading needs none (the read lock),
+    // so the session opens; the UPDATE, which does, is a clean temporary failure that deletes
+    // nothing.
+    let before = fs::read(&mbox).unwrap();
+    let out = run(None, &["STAT", "DELE 1", "QUIT"]);
+    assert_eq!(out[0], "+OK ", "{out:?}");
+    assert!(
+        out[1].starts_with(&format!("+OK {} ", msgs.len())),
+        "{out:?}"
+    );
+    assert!(out[3].starts_with("-ERR [SYS/TEMP]"), "{out:?}");
+    assert_eq!(fs::read(&mbox).unwrap(), before, "nothing was deleted");
+    assert!(!c.join("claird.lock").exists());
 
     // Through the helper: the session works and the UPDATE commits.
     let out = run(Some(&helper), &["STAT", "DELE 1", "DELE 4", "QUIT"]);

@@ -97,7 +97,7 @@ impl ContentLock {
         let dup = file
             .try_clone()
             .map_err(io_err("duplicate the mailbox descriptor"))?;
-        if !fcntl_until(&dup, deadline, "lock the mailbox")? {
+        if !fcntl_until(&dup, libc::F_WRLCK, deadline, "lock the mailbox")? {
             return Err(MailboxError::LockTimeout(mailbox));
         }
         lock.fcntl = Some(dup);

@@ -2,7 +2,8 @@
 //! content lock (dotlock then fcntl, the MTAs' order), held only while reading the extent and
 //! while committing.
 //!
-//! `session`: the session lock; `content`: the content lock; `dotlock`: the side of
+//! `session`: the session lock; `content`: the content lock; `read`: the read lock a session
+//! takes instead of the content lock when it only reads the extent; `dotlock`: the side of
 //! `pop-dotlock`, the setgid-mail helper that creates the dotlock where the user may not
 //! (Debian's root:mail 2775 spool directories); `file`: what a dotlock file is and how one is
 //! inspected; `wait`: bounded waits and the stop flag.
@@ -22,6 +23,7 @@
 mod content;
 mod dotlock;
 pub(crate) mod file;
+mod read;
 mod session;
 mod wait;
 
@@ -34,6 +36,7 @@ pub use file::{
     dead_owner, dotlock_path, inspect_dotlock, DotlockFile, LockFile, DOTLOCK_MODE, DOTLOCK_SUFFIX,
     MAX_DOTLOCK_SIZE,
 };
+pub use read::{ReadLock, READ_LOCK_ATTEMPTS, READ_LOCK_DOTLOCK_WAIT};
 pub use session::{SessionLock, SESSION_LOCK_MODE, STATE_DIR_MODE};
 pub use wait::{
     request_stop, stop_requested, DOTLOCK_BACKOFF_MAX, LOCK_POLL_INTERVAL, STOP_CHECK_INTERVAL,

@@ -45,7 +45,7 @@ impl SessionLock {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(io_err("open the session lock"))?;
-        if !fcntl_until(&file, deadline, "lock the session lock")? {
+        if !fcntl_until(&file, libc::F_WRLCK, deadline, "lock the session lock")? {
             return Err(MailboxError::InUse);
         }
         // The pid is only a hint for admins: failing to write it must not fail the session.

@@ -76,14 +76,16 @@ pub(super) fn set_fcntl(file: &File, kind: libc::c_int) -> Result<(), Errno> {
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&fl)).map(drop)
 }
 
-/// Retries a non-blocking fcntl write lock until `deadline`. `Ok(false)` when still busy.
+/// Retries a non-blocking fcntl lock of `kind` (`F_WRLCK` or `F_RDLCK`) until `deadline`.
+/// `Ok(false)` when still busy.
 pub(super) fn fcntl_until(
     file: &File,
+    kind: libc::c_int,
     deadline: Instant,
     what: &'static str,
 ) -> Result<bool, MailboxError> {
     loop {
-        match set_fcntl(file, libc::F_WRLCK) {
+        match set_fcntl(file, kind) {
             Ok(()) => return Ok(true),
             Err(Errno::EINTR) => pause(Duration::ZERO)?,
             Err(Errno::EAGAIN | Errno::EACCES) => {

@@ -1023,6 +1023,19 @@ pub fn recover(journal: &Path, mailbox_path: &Path, file: &File) -> Result<bool,
     recover_inner(journal, mailbox_path, file, Crash::None, MIN_ROUND).map(|r| r.is_some())
 }
 
+/// Whether `journal` (or the temporary file of one being written) exists: an update to finish
+/// or clean away under the content lock. Never follows a symlink.
+pub fn pending(journal: &Path) -> Result<bool, MailboxError> {
+    for p in [journal.to_path_buf(), tmp_path(journal)] {
+        match fs::symlink_metadata(&p) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(MailboxError::Io("look for the journal", e)),
+        }
+    }
+    Ok(false)
+}
+
 /// What the caller of [`lock_and_replay`] decided, under the content lock, before the replay.
 pub enum Then<G> {
     /// Replay `journal` while `guard` is held (e.g. a [`crate::userfs::AsUser`] for a journal

@@ -14,9 +14,10 @@ pub mod uidl;
 
 use crate::canon::CanonOptions;
 use crate::error::{io_err, MailboxError};
-use crate::lock::{LockOptions, SessionLock};
+use crate::lock::{LockOptions, ReadLock, SessionLock, READ_LOCK_ATTEMPTS};
 use crate::mailbox::{
     state_paths, CommitSummary, EmptyMailbox, Mailbox, OpenOptions, RetrieveError, RetrieveSink,
+    StatePaths,
 };
 use journal::{Recovered, Then};
 use scan::{MessageInfo, ScanResult};
@@ -26,12 +27,15 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// How `>From ` lines are read (defined with the canonical form, which undoes the quoting).
 pub use crate::canon::Quoting;
 
-/// Opens an mbox for a session: fast path when missing or empty; otherwise session lock,
-/// journal recovery and scan under the content lock, then the content lock is released.
+/// Opens an mbox for a session: fast path when missing or empty; otherwise the session lock,
+/// then the scan under the read lock (no journal pending: an fcntl read lock and no dotlock,
+/// see [`ReadLock`]), or journal recovery and the scan under the content lock; the lock is
+/// released before the first command is read.
 ///
 /// The content lock is held only while the journal is replayed and the extent scanned, and
 /// again during commit, never while the client reads: delivery (which appends past the
@@ -53,24 +57,36 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Mailbox>, Mailbox
         wait: opts.content_lock_wait,
         stale_age: limits::STALE_DOTLOCK_AGE,
     };
-    let Recovered { lock, replayed, .. } =
-        replay_under_lock(path, &file, &lock_opts, &paths.journal)?;
-    let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
     let canon = canon_options(opts);
-    // After a replayed journal the layout moved: the index is not even looked at.
-    let opened =
-        index::open_scan(&file, meta.len(), &paths.index, canon, !replayed).map_err(scan_err)?;
+    let started = Instant::now();
+    let (meta, opened, lock_notes) =
+        match read_under_read_lock(path, &file, &lock_opts, &paths, canon)? {
+            Some((meta, opened)) => (meta, opened, Vec::new()),
+            None => {
+                // The content lock gets what is left of the one wait.
+                let rest = LockOptions {
+                    wait: lock_opts.wait.saturating_sub(started.elapsed()),
+                    ..lock_opts.clone()
+                };
+                let Recovered { lock, replayed, .. } =
+                    replay_under_lock(path, &file, &rest, &paths.journal)?;
+                let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
+                // After a replayed journal the layout moved: the index is not even looked at.
+                let opened = index::open_scan(&file, meta.len(), &paths.index, canon, !replayed)
+                    .map_err(scan_err)?;
+                let mut notes = lock.warnings().to_vec();
+                if replayed {
+                    notes.push("finished an interrupted update from its journal".into());
+                }
+                lock.release()?;
+                (meta, opened, notes)
+            }
+        };
     let mut scanned = opened.scan;
     scanned.warnings.extend(opened.notes);
-    scanned.warnings.extend(lock.warnings().iter().cloned());
-    if replayed {
-        scanned
-            .warnings
-            .push("finished an interrupted update from its journal".into());
-    }
-    lock.release()?;
-    // Written after the content lock is released (delivery never waits for our fsync), from
-    // the full list before any max_messages cut, and only when it changed.
+    scanned.warnings.extend(lock_notes);
+    // Written after the lock is released (delivery never waits for our fsync), from the full
+    // list before any max_messages cut, and only when it changed.
     if opened.dirty {
         if let Err(e) = index::write(&paths.index, &scanned, canon, &opened.stamp) {
             scanned.warnings.push(format!(
@@ -109,6 +125,42 @@ fn replay_under_lock(
         .ok_or_else(|| MailboxError::Changed("replaced while we locked it".into()))
 }
 
+/// The extent read under the read lock (no dotlock; see [`crate::lock::ReadLock`]) when there
+/// is no journal to replay. `None`: a journal is pending, or the read lock could not be had
+/// or the mailbox changed under it [`READ_LOCK_ATTEMPTS`] times; the caller takes the content
+/// lock. The index is used as under the content lock.
+fn read_under_read_lock(
+    path: &Path,
+    file: &File,
+    opts: &LockOptions,
+    paths: &StatePaths,
+    canon: CanonOptions,
+) -> Result<Option<(std::fs::Metadata, index::Opened)>, MailboxError> {
+    let deadline = Instant::now() + opts.wait;
+    for _ in 0..READ_LOCK_ATTEMPTS {
+        if journal::pending(&paths.journal)? {
+            return Ok(None);
+        }
+        let Some(lock) = ReadLock::acquire(path, file, deadline)? else {
+            return Ok(None);
+        };
+        // A journal cannot appear while the read lock is held (it is written under the
+        // content lock, whose fcntl write lock conflicts), but one may have been written
+        // between the look above and the lock.
+        if journal::pending(&paths.journal)? {
+            return Ok(None);
+        }
+        let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
+        let opened =
+            index::open_scan(file, lock.size(), &paths.index, canon, true).map_err(scan_err)?;
+        if lock.still_consistent()? {
+            lock.release()?;
+            return Ok(Some((meta, opened)));
+        }
+    }
+    Ok(None)
+}
+
 fn canon_options(opts: &OpenOptions) -> CanonOptions {
     CanonOptions {
         quoting: Some(opts.quoting),
@@ -127,18 +179,31 @@ fn scan_err(e: io::Error) -> MailboxError {
 /// Read-write (fcntl write locks need it), close-on-exec, never through a symlink (a user who
 /// can write the spool directory must not make us lock and rewrite another file), and
 /// non-blocking so a FIFO put in the mailbox's place cannot hang the open.
+///
+/// Also `O_NOATIME` where the kernel allows it (the caller owns the file, as a session's user
+/// does): reading the mailbox leaves its access time alone. procmail, after appending to a
+/// mailbox whose access time is not older than its modification time, sleeps a second so that
+/// "new mail" checks (atime < mtime: shells, biff, mutt) still see the new message; a session
+/// that had just read the mailbox cost every such delivery that second.
 pub fn open_mbox(path: &Path) -> Result<File, MailboxError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENXIO) | Some(libc::EISDIR) => {
-                MailboxError::NotAMailbox(path.into())
-            }
-            _ => MailboxError::Io("open the mailbox", e),
-        })?;
+    let open = |extra: libc::c_int| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | extra)
+            .open(path)
+    };
+    let file = match open(libc::O_NOATIME) {
+        // EPERM: not the owner (root's admin tools on a user's mailbox without CAP_FOWNER).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENXIO) | Some(libc::EISDIR) => {
+            MailboxError::NotAMailbox(path.into())
+        }
+        _ => MailboxError::Io("open the mailbox", e),
+    })?;
     let meta = file.metadata().map_err(io_err("stat the mailbox"))?;
     if !meta.file_type().is_file() {
         return Err(MailboxError::NotAMailbox(path.into()));
