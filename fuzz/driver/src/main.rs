@@ -9,11 +9,18 @@
 //! spool-fuzz --make-seeds DIR
 //! ```
 //!
+//! One allocation over [`alloc::MAX_ALLOC`] is a finding too: the input is saved as
+//! `<artifacts>/<target>/oversize-alloc` and the driver exits 1.
+//!
 //! `--once` runs every corpus entry once and nothing else. `--make-seeds` writes the seeds
 //! that are made by the real code (indexes and journals) into `DIR/<target>/`.
 
+mod alloc;
 mod mutate;
 mod seeds;
+
+#[global_allocator]
+static ALLOC: alloc::Capped = alloc::Capped;
 
 use mutate::{mutate, Rng};
 use spool_fuzz_targets::{remove_scratch, Target, TARGETS};
@@ -117,7 +124,10 @@ fn fnv(data: &[u8]) -> u64 {
 
 /// Runs `t` on `input`; on a panic, saves the input and returns the error line.
 fn exec(t: &Target, input: &[u8], artifacts: &Path) -> Result<(), String> {
-    match panic::catch_unwind(|| (t.run)(input)) {
+    alloc::current(input);
+    let r = panic::catch_unwind(|| (t.run)(input));
+    alloc::current(&[]);
+    match r {
         Ok(()) => Ok(()),
         Err(_) => {
             let msg = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
@@ -133,6 +143,9 @@ fn exec(t: &Target, input: &[u8], artifacts: &Path) -> Result<(), String> {
 }
 
 fn fuzz(t: &Target, o: &Options, rng: &mut Rng) -> Result<(), String> {
+    let dir = o.artifacts.join(t.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    alloc::save_as(&dir.join("oversize-alloc"));
     let seeds: Vec<Vec<u8>> = load_corpus(&o.corpus.join(t.name))
         .into_iter()
         .map(|(_, b)| b)
