@@ -1,10 +1,14 @@
 //! The checkpassword fd-3 payload, `user\0password\0timestamp\0`, from any bytes: parsed
 //! exactly as the interface and DJB's reference read it (see `auth::checkpw`), whether it
-//! arrives at once or through the bounded reader in small pieces.
+//! arrives at once, through a reader in small pieces, or on a descriptor through the bounded
+//! reader `pop-checkpassword` uses (a socket pair standing in for fd 3).
 
-use spool_login::auth::checkpw::{parse_reader, Credentials, FD3_MAX};
+use spool_login::auth::checkpw::{parse_reader, read_bounded, Credentials, FD3_MAX};
 use spool_login::auth::{AuthError, Denied};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 /// A reader that returns at most `step` bytes a call.
 struct Dribble<'a> {
@@ -70,4 +74,10 @@ pub fn run(data: &[u8]) {
     check(data, Credentials::parse(data));
     let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
     check(data, parse_reader(Dribble { data, step }));
+
+    let (mut front, ours) = UnixStream::pair().expect("socketpair");
+    front.write_all(data).expect("write fd 3");
+    drop(front);
+    let read = read_bounded(ours.as_fd(), Duration::from_secs(60));
+    check(data, read.and_then(|bytes| Credentials::parse(&bytes)));
 }
