@@ -43,7 +43,9 @@ pub const FALLBACK_HASH_BYTES: usize = 20;
 const FALLBACK_PREFIX: &str = "sha256:";
 
 /// `None` when the unique part is a valid UIDL as is; else the documented fallback.
-fn fallback_uidl(unique: &[u8]) -> Option<Box<str>> {
+/// Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn fallback_uidl(unique: &[u8]) -> Option<Box<str>> {
     if names::plain_uidl(unique) {
         return None;
     }
@@ -58,7 +60,9 @@ fn fallback_uidl(unique: &[u8]) -> Option<Box<str>> {
 
 /// The name a kept, retrieved message gets in `cur/`, or `None` when nothing should change
 /// (already seen in `cur/`, or an info part other than `2,` whose meaning we do not know).
-fn seen_name(name: &[u8], in_cur: bool) -> Option<Vec<u8>> {
+/// Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn seen_name(name: &[u8], in_cur: bool) -> Option<Vec<u8>> {
     let Some(colon) = memchr::memchr(b':', name) else {
         let mut n = name.to_vec();
         n.extend_from_slice(b":2,S");

@@ -386,10 +386,12 @@ fn sampled_digest(f: &File, range: Range<u64>, buf: &mut [u8]) -> Result<[u8; 32
     Ok(h.finalize().into())
 }
 
-/// Where a simulated crash stops the work (tests only ever pass anything but `None`).
+/// Where a simulated crash stops the work (tests, and the fuzz targets that make journals
+/// of interrupted updates, are the only callers that pass anything but `None`).
+#[doc(hidden)]
 #[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Crash {
+pub enum Crash {
     None,
     /// After this many bytes of `JOURNAL.tmp` were written.
     JournalWrite(u64),
@@ -414,8 +416,9 @@ pub(crate) enum Crash {
 }
 
 /// How far a (possibly crash-simulated) run got.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reached {
+pub enum Reached {
     Done,
     Crashed,
 }
@@ -989,8 +992,10 @@ fn open_verified(journal: &Path) -> Result<Option<Journal>, MailboxError> {
 
 /// Cuts `delete` (sorted, disjoint, non-empty ranges) out of `mbox`, whose size is `s_old`,
 /// through a new journal at `journal` (which must not exist). The caller holds the content
-/// lock and has checked the ranges.
-pub(crate) fn compact(
+/// lock and has checked the ranges. Public (hidden) for the fuzz targets, which make the
+/// journals of interrupted updates with it.
+#[doc(hidden)]
+pub fn compact(
     journal: &Path,
     mbox: &File,
     delete: &[Range<u64>],

@@ -330,9 +330,10 @@ pub fn scan_from(
     Ok(res)
 }
 
-/// `scan` with a chosen read size (tests use tiny ones to cross every boundary case).
-#[cfg(test)]
-fn scan_buf(
+/// `scan` with a chosen read size (tests and the fuzz targets use tiny ones to cross every
+/// boundary case).
+#[doc(hidden)]
+pub fn scan_buf(
     file: &File,
     extent_end: u64,
     opts: CanonOptions,
