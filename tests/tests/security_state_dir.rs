@@ -274,9 +274,13 @@ fn assert_clean(o: &Output, what: &str) {
 /// Where a state file of the user ended up, if anywhere: `.popspool` when it is still a
 /// directory, or where the racer moved it.
 fn state_file(scene: &Scene, name: &str) -> Option<PathBuf> {
+    // Only through a real directory: after a swap `.popspool` is the symlink to a target,
+    // whose decoys carry the same names.
     [".popspool", ".popspool.real"]
         .iter()
-        .map(|d| scene.user.home.join(d).join(name))
+        .map(|d| scene.user.home.join(d))
+        .filter(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+        .map(|d| d.join(name))
         .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
 }
 
