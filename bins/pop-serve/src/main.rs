@@ -239,11 +239,12 @@ fn real_main() -> u8 {
     };
 
     // Confined before the mailbox is opened and before any thread starts.
-    match confine_session(&spec, &opts) {
-        Ok(status) if status.landlock == Enforced::Full => {
+    let empty_mbox = match confine_session(&spec, &opts) {
+        Ok((status, empty)) if status.landlock == Enforced::Full => {
             log.log(Level::Debug, &format!("user={user} {status}"));
+            empty
         }
-        Ok(status) if args.require_sandbox => {
+        Ok((status, _)) if args.require_sandbox => {
             refuse(
                 &mut out,
                 Some(response::RespCode::SysTemp),
@@ -252,7 +253,10 @@ fn real_main() -> u8 {
             );
             return 111;
         }
-        Ok(status) => log.log(Level::Info, &format!("user={user} {status}")),
+        Ok((status, empty)) => {
+            log.log(Level::Info, &format!("user={user} {status}"));
+            empty
+        }
         Err(e) => {
             let text = if args.require_sandbox {
                 "sandbox unavailable"
@@ -267,11 +271,16 @@ fn real_main() -> u8 {
             );
             return 111;
         }
-    }
+    };
     #[cfg(debug_assertions)]
     test_hooks::run(&log);
 
-    let mut mbox = match spool_store::open(&spec, &opts) {
+    let opened = if empty_mbox {
+        Ok(Box::new(spool_store::mailbox::EmptyMailbox) as Box<dyn spool_store::mailbox::Mailbox>)
+    } else {
+        spool_store::open(&spec, &opts)
+    };
+    let mut mbox = match opened {
         Ok(m) => m,
         Err(e) => {
             let (code, text) = e.response();
@@ -335,7 +344,10 @@ fn real_main() -> u8 {
 /// no_new_privs, `RLIMIT_NOFILE`, Landlock (see CONFINEMENT in pop-serve(8)). An error only
 /// when the broker cannot be started or no_new_privs or the limit cannot be set; what Landlock
 /// enforced is in the status.
-fn confine_session(spec: &MailboxSpec, opts: &OpenOptions) -> Result<confine::Status, String> {
+fn confine_session(
+    spec: &MailboxSpec,
+    opts: &OpenOptions,
+) -> Result<(confine::Status, bool), String> {
     let (reach, needs_state) = match spec {
         MailboxSpec::Mbox(p) => {
             let dir = match p.parent() {
@@ -349,13 +361,19 @@ fn confine_session(spec: &MailboxSpec, opts: &OpenOptions) -> Result<confine::St
                 spool_store::broker::start(helper, p)
                     .map_err(|e| format!("cannot start the lock broker: {e}"))?;
             }
-            let full = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+            // Decided once, here: an mbox missing or empty now is served as empty (as
+            // spool_store::open's fast path would), so mail arriving before the open cannot
+            // need a state directory the confined session could no longer create.
+            let empty = match std::fs::symlink_metadata(p) {
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                Ok(m) => m.is_file() && m.len() == 0,
+            };
             (
                 Reach::Mbox {
                     path: p.clone(),
                     dotlock_dir: writable,
                 },
-                full,
+                !empty,
             )
         }
         MailboxSpec::Maildir(p) => (Reach::Maildir(p.clone()), p.is_dir()),
@@ -372,13 +390,13 @@ fn confine_session(spec: &MailboxSpec, opts: &OpenOptions) -> Result<confine::St
     confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     confine::max_open_files(spool_wire::limits::SERVE_MAX_OPEN_FILES)
         .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    Ok(
-        confine::confine(&reach, &opts.state_dir).unwrap_or_else(|e| confine::Status {
-            landlock: Enforced::None,
-            abi: confine::kernel_abi(),
-            failure: Some(e),
-        }),
-    )
+    let status = confine::confine(&reach, &opts.state_dir).unwrap_or_else(|e| confine::Status {
+        landlock: Enforced::None,
+        abi: confine::kernel_abi(),
+        failure: Some(e),
+    });
+    let empty_mbox = matches!(spec, MailboxSpec::Mbox(_)) && !needs_state;
+    Ok((status, empty_mbox))
 }
 
 /// Test-only hooks, compiled into debug builds alone (release builds have none): after
