@@ -1018,9 +1018,17 @@ fn shipped_units_work_under_a_real_systemd() {
     assert!(pass.starts_with("+OK"), "login with /etc/shadow: {pass}");
     assert!(p.cmd("STAT").starts_with("+OK 4 "));
     // The session as systemd runs it.
+    // The session and its lock broker (a fork, so also named pop-serve), the broker's parent
+    // being the session.
     let serve = c.pids_of("pop-serve");
-    assert_eq!(serve.len(), 1, "one pop-serve: {serve:?}");
-    let pid = serve[0];
+    assert_eq!(serve.len(), 2, "a pop-serve and its lock broker: {serve:?}");
+    let ppid = |p: i32| status_field(p, "PPid").parse::<i32>().unwrap();
+    let (pid, broker) = if ppid(serve[1]) == serve[0] {
+        (serve[0], serve[1])
+    } else {
+        (serve[1], serve[0])
+    };
+    assert_eq!(ppid(broker), pid, "the broker is the session's child");
     let uid = CONTAINER_UID.to_string();
     assert!(
         status_field(pid, "Uid").starts_with(&uid),
@@ -1035,8 +1043,13 @@ fn shipped_units_work_under_a_real_systemd() {
     assert_eq!(status_field(pid, "Seccomp"), "2", "SystemCallFilter=");
     assert_eq!(
         status_field(pid, "NoNewPrivs"),
+        "1",
+        "the session is confined"
+    );
+    assert_eq!(
+        status_field(broker, "NoNewPrivs"),
         "0",
-        "pop-dotlock keeps its group"
+        "pop-dotlock, run by the broker, keeps its group"
     );
     assert_eq!(status_field(pid, "Umask"), "0077");
     assert_ne!(

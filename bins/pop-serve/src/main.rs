@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 use clap::Parser;
+use spool_store::confine::{self, Enforced, Reach};
 use spool_store::mailbox::{MailboxSpec, OpenOptions};
 use spool_store::mbox::Quoting;
 use spool_store::session::{self, Expire, SessionConfig};
@@ -117,6 +118,11 @@ struct Args {
     /// Serve even when running as root (qmail-pop3d refuses; so do we by default).
     #[arg(long)]
     allow_root: bool,
+
+    /// Refuse to serve (`-ERR [SYS/TEMP]`, exit 111) unless the kernel fully enforces the
+    /// Landlock sandbox (see CONFINEMENT in pop-serve(8)).
+    #[arg(long)]
+    require_sandbox: bool,
 }
 
 fn parse_quoting(s: &str) -> Result<Quoting, String> {
@@ -232,7 +238,49 @@ fn real_main() -> u8 {
         args.dotlock_helper.clone().or_else(default_helper)
     };
 
-    let mut mbox = match spool_store::open(&spec, &opts) {
+    // Confined before the mailbox is opened and before any thread starts.
+    let empty_mbox = match confine_session(&spec, &opts) {
+        Ok((status, empty)) if status.landlock == Enforced::Full => {
+            log.log(Level::Debug, &format!("user={user} {status}"));
+            empty
+        }
+        Ok((status, _)) if args.require_sandbox => {
+            refuse(
+                &mut out,
+                Some(response::RespCode::SysTemp),
+                "sandbox unavailable",
+                &format!("--require-sandbox: {status}"),
+            );
+            return 111;
+        }
+        Ok((status, empty)) => {
+            log.log(Level::Info, &format!("user={user} {status}"));
+            empty
+        }
+        Err(e) => {
+            let text = if args.require_sandbox {
+                "sandbox unavailable"
+            } else {
+                "cannot confine the session"
+            };
+            refuse(
+                &mut out,
+                Some(response::RespCode::SysTemp),
+                text,
+                &format!("mailbox={} {e}", spec.path().display()),
+            );
+            return 111;
+        }
+    };
+    #[cfg(debug_assertions)]
+    test_hooks::run(&log);
+
+    let opened = if empty_mbox {
+        Ok(Box::new(spool_store::mailbox::EmptyMailbox) as Box<dyn spool_store::mailbox::Mailbox>)
+    } else {
+        spool_store::open(&spec, &opts)
+    };
+    let mut mbox = match opened {
         Ok(m) => m,
         Err(e) => {
             let (code, text) = e.response();
@@ -290,6 +338,106 @@ fn real_main() -> u8 {
         ),
     );
     0
+}
+
+/// Starts the lock broker when the dotlock helper will be needed, then confines the process:
+/// no_new_privs, `RLIMIT_NOFILE`, Landlock (see CONFINEMENT in pop-serve(8)). An error only
+/// when the broker cannot be started or no_new_privs or the limit cannot be set; what Landlock
+/// enforced is in the status.
+fn confine_session(
+    spec: &MailboxSpec,
+    opts: &OpenOptions,
+) -> Result<(confine::Status, bool), String> {
+    let (reach, needs_state) = match spec {
+        MailboxSpec::Mbox(p) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            // Where the user may create files, the session makes its own dotlock; elsewhere
+            // (a root:mail 2775 spool) only the setgid helper can, run by the broker.
+            let writable = nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
+            if let (Some(helper), false) = (&opts.dotlock_helper, writable) {
+                spool_store::broker::start(helper, p)
+                    .map_err(|e| format!("cannot start the lock broker: {e}"))?;
+            }
+            // Decided once, here: an mbox missing or empty now is served as empty (as
+            // spool_store::open's fast path would), so mail arriving before the open cannot
+            // need a state directory the confined session could no longer create.
+            let empty = match std::fs::symlink_metadata(p) {
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                Ok(m) => m.is_file() && m.len() == 0,
+            };
+            (
+                Reach::Mbox {
+                    path: p.clone(),
+                    dotlock_dir: writable,
+                },
+                !empty,
+            )
+        }
+        MailboxSpec::Maildir(p) => (Reach::Maildir(p.clone()), p.is_dir()),
+    };
+    // The session creates its state directory when it opens a mailbox with mail in it;
+    // once confined it could no longer, so it is made here (an error shows at open).
+    if needs_state {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(spool_store::lock::STATE_DIR_MODE)
+            .create(&opts.state_dir);
+    }
+    confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    confine::max_open_files(spool_wire::limits::SERVE_MAX_OPEN_FILES)
+        .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let status = confine::confine(&reach, &opts.state_dir).unwrap_or_else(|e| confine::Status {
+        landlock: Enforced::None,
+        abi: confine::kernel_abi(),
+        failure: Some(e),
+    });
+    let empty_mbox = matches!(spec, MailboxSpec::Mbox(_)) && !needs_state;
+    Ok((status, empty_mbox))
+}
+
+/// Test-only hooks, compiled into debug builds alone (release builds have none): after
+/// confinement, `POPSPOOL_TEST_OPEN=PATH[:PATH...]` opens each PATH for reading and
+/// `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or the error, so the
+/// tests can show from outside what the sandbox refuses.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use spool_wire::log::{Level, Logger};
+
+    pub fn run(log: &Logger) {
+        if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
+            for p in std::env::split_paths(&list) {
+                let r = std::fs::File::open(&p).map(drop);
+                report(log, "test-open", p.as_os_str(), r);
+            }
+        }
+        if let Some(p) = std::env::var_os("POPSPOOL_TEST_EXEC") {
+            // Pipes, not /dev/null: opening /dev/null is refused too, and would hide
+            // whether the exec itself is.
+            let r = std::process::Command::new(&p)
+                .env_clear()
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .map(drop);
+            report(log, "test-exec", &p, r);
+        }
+    }
+
+    fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>) {
+        let outcome = match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("errno {} ({e})", e.raw_os_error().unwrap_or(0)),
+        };
+        log.log(
+            Level::Info,
+            &format!("{what} {}: {outcome}", p.to_string_lossy()),
+        );
+    }
 }
 
 /// `pop-dotlock` installed beside this program.

@@ -3,10 +3,14 @@
 //! dates, crash-safe commit with its journal), `maildir` (names, listing, directory reader,
 //! index), `lock` (session and content locks, the `pop-dotlock` helper), `spoolpath`,
 //! `userfs` (how root-run pop-deliver and pop-spool work in a directory a user controls),
-//! `error` (typed errors mapped to `-ERR` in one function) and `session` (the
-//! TRANSACTION/UPDATE state machine). This crate cannot name password code: it does not
+//! `error` (typed errors mapped to `-ERR` in one function), `session` (the
+//! TRANSACTION/UPDATE state machine), `broker` (the lock broker a confined session runs the
+//! dotlock helper through) and `confine` (what a session may reach: no_new_privs, rlimits,
+//! Landlock). This crate cannot name password code: it does not
 //! depend on the login crate.
+pub mod broker;
 pub mod canon;
+pub mod confine;
 pub mod error;
 pub mod lock;
 pub mod mailbox;

@@ -56,3 +56,11 @@ pub const MAX_MESSAGES: usize = u32::MAX as usize;
 
 /// Largest UIDL length (RFC 1939 §7: 1 to 70 characters in the range 0x21-0x7E).
 pub const MAX_UIDL_LEN: usize = 70;
+
+/// `RLIMIT_NOFILE` of a confined pop-serve session (soft and hard). A session holds at most
+/// about a dozen descriptors at once: stdin, stdout, stderr, the syslog socket, the lock
+/// broker's socket, the mailbox and its lock duplicate, the session lock, the journal and its
+/// `.tmp`, the index and its `.tmp`, a directory to fsync, and for a Maildir its directories
+/// and one message per measuring thread (at most four). 64 leaves room, and bounds what a
+/// subverted session could hold open.
+pub const SERVE_MAX_OPEN_FILES: u64 = 64;

@@ -39,6 +39,9 @@ struct Dotlock {
     ino: u64,
     /// Created through the helper: removed through it too.
     helper: Option<PathBuf>,
+    /// Created through the lock broker (see `crate::broker`): it holds the broker's pid, which
+    /// the broker checks before removing it; a confined process may not read it.
+    brokered: bool,
 }
 
 /// The content lock: `PATH.lock` created atomically, then an fcntl write lock on `file`.
@@ -151,6 +154,7 @@ fn take_dotlock(
 ) -> Result<Dotlock, MailboxError> {
     let path = dotlock_path(mailbox);
     let mut via_helper = helper_first && opts.helper.is_some();
+    let brokered = crate::broker::pid().is_some();
     let mut warned: Option<(u64, u64)> = None;
     let mut backoff = LOCK_POLL_INTERVAL;
     loop {
@@ -172,6 +176,7 @@ fn take_dotlock(
                     } else {
                         None
                     },
+                    brokered: via_helper && brokered,
                 })
             }
             Attempt::Denied(e) => {
@@ -185,7 +190,13 @@ fn take_dotlock(
                 ));
             }
             Attempt::Busy => {
-                let verdict = stale(&path, file, opts.stale_age)?;
+                // Through the broker the helper has applied the stale rule already, and a
+                // confined process may not read the dotlock.
+                let verdict = if via_helper && brokered {
+                    Verdict::Live
+                } else {
+                    stale(&path, file, opts.stale_age)?
+                };
                 foreign = match &verdict {
                     Verdict::NotALock(why) => Some(why.clone()),
                     _ => None,
@@ -260,6 +271,8 @@ fn create_dotlock(path: &Path) -> Result<Attempt, MailboxError> {
     };
     let dir_file = match open_dir(dir) {
         Ok(f) => f,
+        // A confined session may not open the directory: the helper's job, as below.
+        Err(e) if is_denied(&e) => return Ok(Attempt::Denied(e)),
         Err(e) => return Err(MailboxError::Io("open the mailbox's directory", e)),
     };
     match publish_at(dir_file.as_fd(), name, our_dotlock_content().as_bytes()) {
@@ -354,6 +367,10 @@ fn still_ours(d: &Dotlock) -> Result<bool, MailboxError> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(MailboxError::Io("stat the dotlock", e)),
     }
+    if d.brokered {
+        // The broker compares the content with its pid before it removes the dotlock.
+        return Ok(true);
+    }
     let f = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -401,6 +418,13 @@ fn helper_failed(helper: &Path, verb: &str, code: i32, why: String) -> MailboxEr
 /// Runs `HELPER VERB MAILBOX` with an empty environment; returns its exit status. Its one
 /// stderr line goes into the error, never to our stderr.
 fn run_helper(helper: &Path, verb: &str, mailbox: &Path) -> Result<i32, MailboxError> {
+    if let Some(r) = crate::broker::request(helper, verb, mailbox) {
+        let (code, line) = r.map_err(io_err("run the dotlock helper"))?;
+        return match code {
+            HELPER_EXIT_OK | HELPER_EXIT_BUSY => Ok(code),
+            _ => Err(helper_failed(helper, verb, code, line)),
+        };
+    }
     let out = Command::new(helper)
         .arg(verb)
         .arg(mailbox)
