@@ -13,8 +13,7 @@
 //! valid and distinct; a scan in tiny reads finds exactly the same.
 
 use crate::scratch;
-use spool_store::canon::MAX_WSP_BEFORE_COLON;
-use spool_store::canon::{self, CanonOptions, Quoting, WireOut, SPOOL_HEADERS};
+use spool_store::canon::{self, reference_canon, CanonOptions, Quoting, WireOut};
 use spool_store::mailbox::RetrieveSink;
 use spool_store::mbox::{message, scan};
 use std::io::{self, Write};
@@ -60,63 +59,6 @@ impl WireOut for Collect {
     fn cancel(&mut self, mark: usize) {
         self.out.truncate(mark);
     }
-}
-
-/// The canonical form by its definition (`spool_store::canon`), line by line.
-pub fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) -> Vec<u8> {
-    let mut lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
-    if raw.is_empty() || raw.ends_with(b"\n") {
-        lines.pop();
-    }
-    let is_spool_field = |l: &[u8]| {
-        let k = l
-            .iter()
-            .position(|&c| c == b':' || c == b' ' || c == b'\t')
-            .unwrap_or(l.len());
-        let wsp = l[k..]
-            .iter()
-            .take_while(|&&c| c == b' ' || c == b'\t')
-            .count();
-        SPOOL_HEADERS
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(&l[..k]))
-            && wsp <= MAX_WSP_BEFORE_COLON
-            && l.get(k + wsp) == Some(&b':')
-    };
-    let (mut out, mut in_header, mut hidden, mut body) = (Vec::new(), true, false, 0u64);
-    for line in lines {
-        let content = line.strip_suffix(b"\r").unwrap_or(line);
-        if in_header && content.is_empty() {
-            out.extend_from_slice(b"\r\n");
-            in_header = false;
-            continue;
-        }
-        if in_header {
-            if !(line.starts_with(b" ") || line.starts_with(b"\t")) {
-                hidden = is_spool_field(line);
-            }
-            if hidden && opts.hide_spool_headers {
-                continue;
-            }
-        } else {
-            if top.is_some_and(|n| body >= n) {
-                break;
-            }
-            body += 1;
-        }
-        let gts = content.iter().take_while(|&&c| c == b'>').count();
-        let c = if opts.quoting == Some(Quoting::Mboxrd)
-            && gts > 0
-            && content[gts..].starts_with(b"From ")
-        {
-            &content[1..]
-        } else {
-            content
-        };
-        out.extend_from_slice(c);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Byte-stuffing (RFC 1939 §3) of a canonical form, which is CRLF-terminated or empty.

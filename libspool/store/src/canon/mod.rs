@@ -112,9 +112,9 @@ fn pump<S: Sink>(src: &mut dyn Read, len: u64, canon: &mut Canon, sink: &mut S) 
 }
 
 /// An obviously-correct (slow, whole-message) implementation of the definition above, to
-/// test the streaming machine against.
-#[cfg(test)]
-pub(crate) fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) -> Vec<u8> {
+/// test the streaming machine against (the unit tests here and the `mbox_scan` fuzz target).
+#[doc(hidden)]
+pub fn reference_canon(raw: &[u8], opts: CanonOptions, top: Option<u64>) -> Vec<u8> {
     use headers::FROM_;
     let mut lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
     if raw.is_empty() || raw.ends_with(b"\n") {
