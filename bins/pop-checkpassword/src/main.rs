@@ -178,7 +178,15 @@ extern "C" fn main(
 }
 
 fn real_main() -> u8 {
-    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED_CHECKPASSWORD);
+    // Kept above fd 3: exactly the POP-before-SMTP login pipe, if POPRELAYFD names one.
+    let relay_fd = spool_login::relay_fd();
+    spool_wire::fds::close_inherited_except(
+        spool_wire::fds::FIRST_INHERITED_CHECKPASSWORD,
+        relay_fd.as_slice(),
+    );
+    if relay_fd.is_none() {
+        std::env::remove_var(spool_login::RELAY_FD_ENV);
+    }
     // A usage error is the interface's "misuse" (exit 2); its message must not reach stderr,
     // which is the client's socket under inetd, unless asked for.
     let usage = cli::Usage {
