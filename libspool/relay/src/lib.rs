@@ -194,8 +194,8 @@ pub fn records(dir: BorrowedFd<'_>) -> Result<Vec<Record>, Error> {
     )
     .map_err(|e| err("relay directory", e))?;
     let mut out = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(&reader).map_err(|e| err("relay directory", e))?;
-    while let Some(ent) = d.next() {
+    let d = rustix::fs::Dir::read_from(&reader).map_err(|e| err("relay directory", e))?;
+    for ent in d {
         let ent = ent.map_err(|e| err("relay directory", e))?;
         let name = OsStr::from_bytes(ent.file_name().to_bytes());
         let Some(name) = name.to_str() else { continue };
