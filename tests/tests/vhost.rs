@@ -275,3 +275,156 @@ fn no_file_for_the_address_is_a_temporary_failure() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("%v"), "{err}");
 }
+
+/// The same through pop-tls with two certificates by SNI: curl asks for a.test or b.test,
+/// verifies the certificate against the test CA, and reaches that name's bob.
+#[test]
+fn two_tls_server_names_two_namespaces() {
+    if !is_root() {
+        return skip("two_tls_server_names_two_namespaces", "needs root");
+    }
+    if which("tcpserver").is_none() || which("curl").is_none() {
+        return skip(
+            "two_tls_server_names_two_namespaces",
+            "tcpserver or curl missing",
+        );
+    }
+    let Some(pki) = popspool_tests::tlsca::Pki::new() else {
+        return;
+    };
+    let nobody = 65534;
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path();
+    fs::set_permissions(w, fs::Permissions::from_mode(0o755)).unwrap();
+    let certs = w.join("certs");
+    fs::create_dir(&certs).unwrap();
+    pki.combined(&certs, "a.test", "a.test", "p256");
+    pki.combined(&certs, "b.test", "b.test", "p256");
+    pki.combined(&certs, "default", "default.test", "p256");
+    let vdir = w.join("vhosts");
+    fs::create_dir(&vdir).unwrap();
+    fs::write(vdir.join("a.test"), "bob:{PLAIN}pass-a\n").unwrap();
+    fs::write(vdir.join("b.test"), "bob:{PLAIN}pass-b\n").unwrap();
+    let spool = w.join("spool/b");
+    fs::create_dir_all(&spool).unwrap();
+    chown(&spool, nobody);
+    for server in ["a.test", "b.test"] {
+        let home = w.join("home").join(server).join("bob");
+        fs::create_dir_all(&home).unwrap();
+        chown(&home, nobody);
+        let mbox = spool.join(format!("bob@{server}"));
+        fs::write(
+            &mbox,
+            format!(
+                "From x@example Thu Jan  1 00:00:00 2026\nSubject: for-bob-at-{server}\n\nhi\n\n"
+            ),
+        )
+        .unwrap();
+        chown(&mbox, nobody);
+        fs::set_permissions(&mbox, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let chain: Vec<String> = [
+        bin("pop-tls").display().to_string(),
+        "--log".into(),
+        "stderr".into(),
+        "--user".into(),
+        "nobody".into(),
+        "--cert-dir".into(),
+        certs.display().to_string(),
+        bin("pop-popup").display().to_string(),
+        "--log".into(),
+        "stderr".into(),
+        "--fail-delay-ms".into(),
+        "10".into(),
+        "popspool.test".into(),
+        bin("pop-checkpassword").display().to_string(),
+        "--source".into(),
+        "vhost".into(),
+        "--vhost-dir".into(),
+        vdir.display().to_string(),
+        "--virtual-uid".into(),
+        nobody.to_string(),
+        "--virtual-gid".into(),
+        nobody.to_string(),
+        "--virtual-home".into(),
+        format!("{}/home/%v/%u", w.display()),
+        "--min-uid".into(),
+        "1".into(),
+        "--log".into(),
+        "stderr".into(),
+        bin("pop-serve").display().to_string(),
+        "--log".into(),
+        "stderr".into(),
+        "--no-dotlock-helper".into(),
+        "--spool-dir".into(),
+        w.join("spool").display().to_string(),
+    ]
+    .into();
+    let log = w.join("tls.log");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Server(
+        Command::new(which("tcpserver").unwrap())
+            .args([
+                "-q",
+                "-D",
+                "-R",
+                "-H",
+                "-l",
+                "localhost",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .args(&chain)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let curl = |name: &str, pass: &str| -> (Option<i32>, String) {
+        let mut last = (None, String::new());
+        // The listener may still be coming up: retry a refused connection (curl exit 7).
+        for _ in 0..100 {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--cacert"])
+                .arg(pki.ca())
+                .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+                .args(["-u", &format!("bob:{pass}")])
+                .arg(format!("pop3s://{name}:{port}/1"))
+                .output()
+                .unwrap();
+            last = (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+            if out.status.code() != Some(7) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        last
+    };
+    let (code, out) = curl("a.test", "pass-a");
+    assert_eq!(code, Some(0), "{out} {}", fs::read_to_string(&log).unwrap());
+    assert!(out.contains("for-bob-at-a.test"), "{out}");
+    let (code, out) = curl("b.test", "pass-b");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("for-bob-at-b.test"), "{out}");
+    // a.test's password through b.test's name: refused (curl: login denied, 67).
+    let (code, out) = curl("b.test", "pass-a");
+    assert_eq!(code, Some(67), "{out}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("vhost=a.test login ok"), "{text}");
+    assert!(
+        text.contains("vhost=b.test refused: wrong password"),
+        "{text}"
+    );
+}
