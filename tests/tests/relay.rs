@@ -453,3 +453,180 @@ fn expire_and_export_to_a_postfix_map() {
     let (code, err) = run(&["expire", "--dir", &link.display().to_string()]);
     assert_eq!(code, Some(111), "{err}");
 }
+
+/// A private Postfix instance (its own configuration, queue and log under `dir`) whose smtpd
+/// on 127.0.0.1:`port` lets a client relay only if the access map says OK; stopped on drop.
+struct Postfix {
+    conf: PathBuf,
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+const MASTER_CF: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+fn start_postfix(dir: &Path, map: &Path, port: u16) -> Option<Postfix> {
+    let conf = dir.join("conf");
+    let queue = dir.join("queue");
+    let data = dir.join("data");
+    for d in [&conf, &queue, &data] {
+        fs::create_dir(d).unwrap();
+    }
+    let pf = nix::unistd::User::from_name("postfix").ok()??;
+    nix::unistd::chown(&data, Some(pf.uid), None).unwrap();
+    let map = map.display();
+    fs::write(
+        conf.join("main.cf"),
+        format!(
+            "compatibility_level = 3.6\nqueue_directory = {q}\ndata_directory = {d}\n\
+             myhostname = relaytest.invalid\nmydestination =\ninet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\nmynetworks = 127.0.0.200/32\n\
+             smtpd_client_restrictions = permit_mynetworks, check_client_access hash:{map}, reject\n\
+             smtpd_relay_restrictions = permit_mynetworks, check_client_access hash:{map}, \
+             reject_unauth_destination\n\
+             maillog_file_prefixes = {dir}\nmaillog_file = {dir}/maillog\nsmtputf8_enable = no\n",
+            q = queue.display(),
+            d = data.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    fs::write(
+        conf.join("master.cf"),
+        format!("127.0.0.1:{port} inet n - n - - smtpd\n{MASTER_CF}"),
+    )
+    .unwrap();
+    let out = Command::new("postfix")
+        .arg("-c")
+        .arg(&conf)
+        .arg("start")
+        .output()
+        .unwrap();
+    let instance = Postfix { conf };
+    if !out.status.success() {
+        skip(
+            "expire_and_export_to_a_postfix_map (smtpd)",
+            &format!(
+                "postfix did not start: {}",
+                fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+            ),
+        );
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "postfix smtpd did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(instance)
+}
+
+/// An SMTP conversation from `src` up to RCPT; returns the reply to RCPT.
+fn smtp_rcpt(src: &str, port: u16) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let s = connect_from(src, port);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = || {
+        let mut last = String::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let done = l.as_bytes().get(3) != Some(&b'-');
+            last = l.trim_end().to_string();
+            if done {
+                return last;
+            }
+        }
+    };
+    assert!(reply().starts_with("220"));
+    for (cmd, want) in [
+        ("HELO client.test", "250"),
+        ("MAIL FROM:<a@client.test>", "250"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let got = reply();
+        assert!(got.starts_with(want), "{cmd}: {got}");
+    }
+    w.write_all(b"RCPT TO:<someone@remote.example>\r\n")
+        .unwrap();
+    let got = reply();
+    let _ = w.write_all(b"QUIT\r\n");
+    got
+}
+
+/// The whole path: a good POP3 login from 127.0.0.20 and a bad one from 127.0.0.21, the map
+/// exported, and a real Postfix smtpd that relays for the first and refuses the second.
+#[test]
+fn a_pop3_login_lets_its_address_relay_through_postfix() {
+    let test = "a_pop3_login_lets_its_address_relay_through_postfix";
+    if !needs(test) {
+        return;
+    }
+    if which("postfix").is_none() && !Path::new("/usr/sbin/postfix").exists() {
+        return skip(test, "postfix not installed (Debian package postfix)");
+    }
+    let w = world(&[]);
+    assert!(login("127.0.0.20", w.port, PASSWORD));
+    assert!(!login("127.0.0.21", w.port, "wrong"));
+    assert!(appears(&w.relay.join("127.0.0.20")));
+    let pfdir = private_dir();
+    let map = pfdir.path().join("pop-before-smtp");
+    let out = Command::new(bin("pop-relay"))
+        .args(["export", "--dir"])
+        .arg(&w.relay)
+        .arg("--map")
+        .arg(&map)
+        .arg("--postmap")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&map).unwrap(), "127.0.0.20 OK\n");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(_postfix) = start_postfix(pfdir.path(), &map, port) else {
+        return;
+    };
+    let ok = smtp_rcpt("127.0.0.20", port);
+    assert!(ok.starts_with("250"), "recorded address: {ok}");
+    let refused = smtp_rcpt("127.0.0.21", port);
+    assert!(
+        refused.starts_with("554"),
+        "failed login's address: {refused}"
+    );
+    let other = smtp_rcpt("127.0.0.22", port);
+    assert!(other.starts_with("554"), "never seen address: {other}");
+}
