@@ -277,7 +277,7 @@ fn fds_after_checkpassword(redir: &str, relay_fd: &str) -> String {
     )
     .unwrap();
     let script = format!(
-        r#"exec 3< <(printf 'demo\0{PASSWORD}\0\0') {redir}; POPRELAYFD={relay_fd} exec "$@""#
+        r#"ulimit -n 2048; exec 3< <(printf 'demo\0{PASSWORD}\0\0') {redir}; POPRELAYFD={relay_fd} exec "$@""#
     );
     let out = Command::new("bash")
         .arg("-c")
@@ -334,6 +334,15 @@ fn checkpassword_keeps_exactly_the_named_pipe() {
     // A pipe's read end is not the login pipe either.
     assert_eq!(
         fds_after_checkpassword("5< <(sleep 1)", "5"),
+        "fds 0 1 2 relay="
+    );
+    // The highest number accepted, and one above it.
+    assert_eq!(
+        fds_after_checkpassword("1023> >(cat >/dev/null)", "1023"),
+        "fds 0 1 2 1023 relay=1023"
+    );
+    assert_eq!(
+        fds_after_checkpassword("1024> >(cat >/dev/null)", "1024"),
         "fds 0 1 2 relay="
     );
     // fd 3 (the credentials) is never the login pipe.

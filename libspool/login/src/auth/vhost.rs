@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn sources_list_what_they_read() {
+        let v = super::super::Source::Vhost {
+            dir: PathBuf::from("/etc/popspool/vhosts"),
+            default_uid: None,
+            default_gid: None,
+            home: "/v/%v/%u".into(),
+        };
+        assert_eq!(v.paths(), [PathBuf::from("/etc/popspool/vhosts")]);
+        let s = super::super::Source::System {
+            passwd: "/p".into(),
+            shadow: "/s".into(),
+            allow_nologin_shell: false,
+            valid_shells: Some("/sh".into()),
+            ignore_password_aging: false,
+        };
+        assert_eq!(
+            s.paths(),
+            [Path::new("/p"), Path::new("/s"), Path::new("/sh")]
+        );
+    }
+
+    #[test]
     fn templates() {
         assert!(check_home_template("/v/%v/%u").is_ok());
         assert!(check_home_template("/v/%u").is_err());
