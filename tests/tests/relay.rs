@@ -562,16 +562,13 @@ fn smtp_rcpt(src: &str, port: u16) -> String {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
-    let mut reply = || {
-        let mut last = String::new();
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).unwrap();
-            let done = l.as_bytes().get(3) != Some(&b'-');
-            last = l.trim_end().to_string();
-            if done {
-                return last;
-            }
+    // The last line of a reply (continuation lines have `-` after the code).
+    let mut reply = || loop {
+        let mut l = String::new();
+        let n = r.read_line(&mut l).unwrap();
+        assert!(n > 0, "smtpd closed the connection");
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return l.trim_end().to_string();
         }
     };
     assert!(reply().starts_with("220"));
