@@ -91,7 +91,7 @@ struct World {
 
 /// The chain under tcpserver on 127.0.0.1; `as_user` runs between pop-checkpassword and
 /// pop-relay-ok (a link the user could control).
-fn world(as_user: &[&str]) -> World {
+fn world(as_user: &[&str], record_extra: &[&str]) -> World {
     let dir = private_dir();
     let w = dir.path();
     let relay = w.join("relay");
@@ -126,6 +126,9 @@ fn world(as_user: &[&str]) -> World {
         "stderr".into(),
         "--dir".into(),
         relay.display().to_string(),
+    ];
+    chain.extend(record_extra.iter().map(|s| s.to_string()));
+    chain.extend([
         bin("pop-checkpassword").display().to_string(),
         "--source".into(),
         "passwd-file".into(),
@@ -135,7 +138,7 @@ fn world(as_user: &[&str]) -> World {
         "1".into(),
         "--log".into(),
         "stderr".into(),
-    ];
+    ]);
     chain.extend(as_user.iter().map(|s| s.to_string()));
     chain.extend([
         bin("pop-relay-ok").display().to_string(),
@@ -207,7 +210,7 @@ fn records_only_after_a_good_login() {
     if !needs("records_only_after_a_good_login") {
         return;
     }
-    let w = world(&[]);
+    let w = world(&[], &[]);
     assert!(
         !login("127.0.0.5", w.port, "wrong"),
         "a wrong password logged in"
@@ -253,15 +256,52 @@ fn the_address_is_the_launchers_whatever_the_user_sets() {
     }
     // A link running as the user between the password check and pop-relay-ok changes every
     // variable that could name an address.
-    let w = world(&[
-        "/usr/bin/env",
-        "TCPREMOTEIP=192.0.2.66",
-        "REMOTE_ADDR=192.0.2.67",
-    ]);
+    let w = world(
+        &[
+            "/usr/bin/env",
+            "TCPREMOTEIP=192.0.2.66",
+            "REMOTE_ADDR=192.0.2.67",
+        ],
+        &[],
+    );
     assert!(login("127.0.0.7", w.port, PASSWORD));
     assert!(appears(&w.relay.join("127.0.0.7")));
     assert!(!w.relay.join("192.0.2.66").exists());
     assert!(!w.relay.join("192.0.2.67").exists());
+}
+
+#[test]
+fn a_login_pipe_held_past_the_limit_records_nothing() {
+    if !needs("a_login_pipe_held_past_the_limit_records_nothing") {
+        return;
+    }
+    // A link between the password check and pop-relay-ok that takes 5 s, with the recorder's
+    // limit at 1 s: the recorder gives up, pop-relay-ok's byte finds no reader, the login
+    // itself goes on.
+    let w = world(
+        &["/bin/sh", "-c", r#"sleep 5; exec "$@""#, "sh"],
+        &["--login-timeout", "1"],
+    );
+    assert!(login("127.0.0.8", w.port, PASSWORD));
+    let text = fs::read_to_string(&w.log).unwrap();
+    assert!(
+        text.contains("client=127.0.0.8 not recorded: no word from the login within 1 s"),
+        "{text}"
+    );
+    assert!(!w.relay.join("127.0.0.8").exists());
+    let out = Command::new(bin("pop-relay-record"))
+        .args([
+            "--log",
+            "stderr",
+            "--dir",
+            "/",
+            "--login-timeout",
+            "3601",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// Runs pop-checkpassword with credentials on fd 3 and the redirections `redir` (bash
@@ -598,7 +638,7 @@ fn a_pop3_login_lets_its_address_relay_through_postfix() {
     if which("postfix").is_none() && !Path::new("/usr/sbin/postfix").exists() {
         return skip(test, "postfix not installed (Debian package postfix)");
     }
-    let w = world(&[]);
+    let w = world(&[], &[]);
     assert!(login("127.0.0.20", w.port, PASSWORD));
     assert!(!login("127.0.0.21", w.port, "wrong"));
     assert!(appears(&w.relay.join("127.0.0.20")));

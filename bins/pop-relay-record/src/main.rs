@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::os::fd::IntoRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,6 +28,11 @@ struct Args {
     /// The relay directory: absolute, owned by root, not writable by group or others.
     #[arg(long)]
     dir: PathBuf,
+
+    /// Seconds the recorder waits for the login's outcome (1 to 3600).
+    #[arg(long, default_value_t = relay::DEFAULT_LOGIN_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=relay::MAX_LOGIN_TIMEOUT_SECS))]
+    login_timeout: u64,
 
     /// Where log lines go (facility mail for syslog).
     #[arg(long, default_value = "syslog")]
@@ -63,15 +69,20 @@ fn real_main() -> u8 {
     };
     let log = Logger::new("pop-relay-record", args.log);
     let target = args.log;
-    match (relay::client_from_env(), relay::open_dir(&args.dir)) {
+    // The launcher's variables, else the peer of fd 0 (inetd).
+    let client =
+        relay::client_from_env().or_else(|| relay::address(&spool_wire::log::client_address()));
+    match (client, relay::open_dir(&args.dir)) {
         (None, _) => log.log(
             Level::Warning,
-            "no client address (TCPREMOTEIP, REMOTE_ADDR): nothing will be recorded",
+            "no client address (TCPREMOTEIP, REMOTE_ADDR, fd 0): nothing will be recorded",
         ),
         (_, Err(e)) => log.log(Level::Err, &format!("relay directory refused: {e}")),
         (Some(addr), Ok(dir)) => {
             let client = addr.clone();
-            let started = relay::start_recorder(dir, addr, target == LogTarget::Stderr, move |r| {
+            let limit = Duration::from_secs(args.login_timeout);
+            let keep_stderr = target == LogTarget::Stderr;
+            let started = relay::start_recorder(dir, addr, keep_stderr, limit, move |r| {
                 let log = Logger::new("pop-relay-record", target);
                 match r {
                     Ok(true) => log.log(Level::Info, &format!("client={client} recorded")),

@@ -38,6 +38,14 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 60);
 /// Most records exported at once; more is refused (a flood, not a site).
 pub const MAX_RECORDS: usize = 1_000_000;
 
+/// How long the recorder waits for the login's outcome when no `--login-timeout` is given:
+/// the byte comes right after the password check, so this only ends a recorder whose pipe a
+/// program of the chain holds open without writing.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Largest `--login-timeout`, in seconds.
+pub const MAX_LOGIN_TIMEOUT_SECS: u64 = 3600;
+
 /// The one byte that says "the password was accepted".
 pub const LOGIN_OK: u8 = b'+';
 
@@ -292,11 +300,13 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
 /// `dir`, and records `addr` when [`LOGIN_OK`] arrives; on EOF without it (the login failed)
 /// it records nothing. Returns the write end for the rest of the chain, not close-on-exec.
 ///
-/// `on_record` is called in the recorder with the outcome (for logging).
+/// The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
+/// logging).
 pub fn start_recorder(
     dir: OwnedFd,
     addr: String,
     keep_stderr: bool,
+    limit: Duration,
     on_record: impl FnOnce(Result<bool, Error>),
 ) -> Result<OwnedFd, Error> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
@@ -320,7 +330,7 @@ pub fn start_recorder(
             // SAFETY: as above; this process is a copy of a single-threaded one.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 detach(keep_stderr, &[r.as_raw_fd(), dir.as_raw_fd()]);
-                let outcome = wait_for_login(r.as_fd()).and_then(|ok| {
+                let outcome = wait_for_login(r.as_fd(), limit).and_then(|ok| {
                     if ok {
                         record(dir.as_fd(), &addr).map(|()| true)
                     } else {
@@ -361,10 +371,27 @@ fn detach(keep_stderr: bool, keep: &[RawFd]) {
     spool_wire::fds::close_inherited(top + 1);
 }
 
-/// Reads the pipe to its first byte: true if it is [`LOGIN_OK`], false on EOF or any other.
-pub fn wait_for_login(r: BorrowedFd<'_>) -> Result<bool, Error> {
+/// Reads the pipe to its first byte within `limit`: true if it is [`LOGIN_OK`], false on EOF
+/// or any other byte; an error when the limit passes first.
+pub fn wait_for_login(r: BorrowedFd<'_>, limit: Duration) -> Result<bool, Error> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + limit;
     let mut b = [0u8; 1];
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Error(format!(
+                "no word from the login within {} s",
+                limit.as_secs()
+            )));
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(r, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(err("waiting on the login pipe", e)),
+        }
         match nix::unistd::read(r.as_raw_fd(), &mut b) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(b[0] == LOGIN_OK),
