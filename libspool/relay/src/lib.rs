@@ -475,6 +475,28 @@ mod tests {
     }
 
     #[test]
+    fn the_login_pipe() {
+        let limit = Duration::from_secs(5);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, &[LOGIN_OK]).unwrap();
+        assert!(wait_for_login(r.as_fd(), limit).unwrap());
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(w);
+        assert!(
+            !wait_for_login(r.as_fd(), limit).unwrap(),
+            "EOF is no login"
+        );
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"x").unwrap();
+        assert!(
+            !wait_for_login(r.as_fd(), limit).unwrap(),
+            "another byte is no login"
+        );
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(wait_for_login(r.as_fd(), Duration::from_millis(50)).is_err());
+    }
+
+    #[test]
     fn unsafe_directories_are_refused() {
         let d = private_dir();
         let open = d.path().join("open");
