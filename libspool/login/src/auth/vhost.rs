@@ -3,7 +3,9 @@
 //! any client input was read:
 //!
 //! 1. the TLS server name the client asked for, `SSL_TLS_SNI_SERVERNAME` (pop-tls, s6-tlsd),
-//!    lower-cased and without a trailing dot, when a file of that name exists;
+//!    lower-cased and without a trailing dot, when a file of that name exists; a name that
+//!    is an IP address or `default` is ignored, so the name the client chooses can reach only
+//!    files named by host names;
 //! 2. else the local address the client connected to, `TCPLOCALIP` (tcpserver, s6), in its
 //!    normal spelling (`127.0.0.2`, `2001:db8::1`; an IPv4-mapped IPv6 address as IPv4), when
 //!    a file of that name exists;
@@ -59,11 +61,15 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
 }
 
-/// A TLS server name as a file name: lower case, one trailing dot removed. None if invalid.
+/// A TLS server name as a file name: lower case, one trailing dot removed. None if invalid,
+/// and for a name that is an IP address or [`DEFAULT_NAME`]: the client chooses the server
+/// name, so it may only choose among files named by host names, never an address's file or
+/// the default.
 pub fn server_name(raw: &str) -> Option<String> {
     let n = raw.to_ascii_lowercase();
     let n = n.strip_suffix('.').unwrap_or(&n).to_string();
-    valid_name(&n).then_some(n)
+    let usable = valid_name(&n) && n != DEFAULT_NAME && n.parse::<IpAddr>().is_err();
+    usable.then_some(n)
 }
 
 /// A local address in its normal spelling. None if it is not an IP address.
@@ -285,6 +291,9 @@ mod tests {
             Some("mail.example.org")
         );
         assert_eq!(server_name("../etc"), None);
+        assert_eq!(server_name("127.0.0.3"), None);
+        assert_eq!(server_name("::1"), None);
+        assert_eq!(server_name("Default"), None);
         assert_eq!(local_address("127.0.0.2").as_deref(), Some("127.0.0.2"));
         assert_eq!(
             local_address("::ffff:127.0.0.3").as_deref(),
