@@ -194,6 +194,11 @@ pub struct Record {
 /// The records in the directory: regular files whose name is a normalized address (anything
 /// else is ignored), sorted by address.
 pub fn records(dir: BorrowedFd<'_>) -> Result<Vec<Record>, Error> {
+    records_up_to(dir, MAX_RECORDS)
+}
+
+/// [`records`] with the limit given: more than `max` records is an error.
+pub fn records_up_to(dir: BorrowedFd<'_>, max: usize) -> Result<Vec<Record>, Error> {
     let reader = rustix::fs::openat(
         dir,
         ".",
@@ -216,8 +221,8 @@ pub fn records(dir: BorrowedFd<'_>) -> Result<Vec<Record>, Error> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             continue;
         }
-        if out.len() == MAX_RECORDS {
-            return Err(Error(format!("more than {MAX_RECORDS} records")));
+        if out.len() == max {
+            return Err(Error(format!("more than {max} records")));
         }
         let time = SystemTime::UNIX_EPOCH
             + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
@@ -469,6 +474,9 @@ mod tests {
         assert_eq!(expire(dir.as_fd(), DEFAULT_MAX_AGE, now).unwrap(), 1);
         assert!(!d.path().join("192.0.2.1").exists());
         assert!(d.path().join("junk").exists());
+        assert_eq!(records_up_to(dir.as_fd(), 1).unwrap().len(), 1);
+        record(dir.as_fd(), "192.0.2.2").unwrap();
+        assert!(records_up_to(dir.as_fd(), 1).is_err(), "over the limit");
         let map = d.path().join("relay_map");
         write_atomically(&map, "2001:db8::1 OK\n").unwrap();
         assert_eq!(std::fs::read_to_string(&map).unwrap(), "2001:db8::1 OK\n");
