@@ -79,6 +79,9 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-deliver",
         "pop-spool",
         "pop-tls",
+        "pop-relay-record",
+        "pop-relay-ok",
+        "pop-relay",
     ] {
         let m = std::fs::metadata(bin.join(p)).unwrap_or_else(|_| panic!("{p} installed"));
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o755), "{p}");
@@ -138,6 +141,9 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-deliver.8",
         "pop-spool.8",
         "pop-tls.8",
+        "pop-relay-record.8",
+        "pop-relay-ok.8",
+        "pop-relay.8",
     ] {
         assert!(
             dest.path()

@@ -2,8 +2,9 @@
 //! root-started login programs (pop-popup, pop-checkpassword) do not depend on the store crate,
 //! so they cannot name mailbox code even by mistake; the transaction side (pop-serve,
 //! pop-dotlock, pop-deliver, pop-spool) does not depend on the login crate, so it cannot name
-//! password code; the wire crate both sides share depends on neither; and only the login
-//! crate links libcrypt.
+//! password code; the POP-before-SMTP programs (pop-relay-record, pop-relay-ok, pop-relay)
+//! build on the relay crate and reach neither; the wire crate both sides share depends on
+//! neither; and only the login crate links libcrypt.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -14,6 +15,8 @@ const LOGIN: &str = "spool-login";
 const WIRE: &str = "spool-wire";
 const LOGIN_PROGRAMS: &[&str] = &["pop-popup", "pop-checkpassword"];
 const TRANSACTION_PROGRAMS: &[&str] = &["pop-serve", "pop-dotlock", "pop-deliver", "pop-spool"];
+const RELAY: &str = "spool-relay";
+const RELAY_PROGRAMS: &[&str] = &["pop-relay-record", "pop-relay-ok", "pop-relay"];
 
 /// The resolved package graph: each package's name, its `links` key, and the names of the
 /// packages it depends on for building and running (normal and build edges; dev-only edges are
@@ -121,6 +124,18 @@ fn transaction_programs_do_not_reach_the_login_crate() {
         assert!(r.contains(STORE), "{p} should build on {STORE}: {r:?}");
         assert!(!r.contains(LOGIN), "{p} reaches {LOGIN}: {r:?}");
     }
+}
+
+#[test]
+fn relay_programs_reach_neither_passwords_nor_mailboxes() {
+    let g = Graph::from_metadata();
+    for p in RELAY_PROGRAMS {
+        let r = g.reach(p);
+        assert!(r.contains(RELAY), "{p} should build on {RELAY}: {r:?}");
+        assert!(!r.contains(STORE) && !r.contains(LOGIN), "{p}: {r:?}");
+    }
+    let r = g.reach(RELAY);
+    assert!(!r.contains(STORE) && !r.contains(LOGIN), "{r:?}");
 }
 
 #[test]

@@ -21,6 +21,8 @@ enum SourceKind {
     System,
     /// A Dovecot passwd-file of virtual users.
     PasswdFile,
+    /// A directory of passwd-files, one per virtual server (--vhost-dir).
+    Vhost,
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +48,10 @@ struct Args {
     /// The Dovecot passwd-file (required with --source passwd-file).
     #[arg(long)]
     passwd_file: Option<PathBuf>,
+
+    /// The directory of per-server passwd-files (required with --source vhost).
+    #[arg(long)]
+    vhost_dir: Option<PathBuf>,
 
     /// uid for passwd-file lines whose uid field is empty.
     #[arg(long)]
@@ -129,7 +135,24 @@ impl Args {
                 default_gid: self.virtual_gid,
                 default_home: self.virtual_home.clone(),
             },
+            SourceKind::Vhost => {
+                let home = self.virtual_home.clone().ok_or_else(|| {
+                    AuthError::Misuse("--source vhost needs --virtual-home with %u and %v".into())
+                })?;
+                auth::vhost::check_home_template(&home).map_err(AuthError::Misuse)?;
+                Source::Vhost {
+                    dir: self.vhost_dir.clone().ok_or_else(|| {
+                        AuthError::Misuse("--source vhost needs --vhost-dir DIR".into())
+                    })?,
+                    default_uid: self.virtual_uid,
+                    default_gid: self.virtual_gid,
+                    home,
+                }
+            }
         };
+        if self.vhost_dir.is_some() && self.source != SourceKind::Vhost {
+            return Err(AuthError::Misuse("--vhost-dir needs --source vhost".into()));
+        }
         if self.fd3_timeout == 0 {
             return Err(AuthError::Misuse("--fd3-timeout must be at least 1".into()));
         }
@@ -155,7 +178,15 @@ extern "C" fn main(
 }
 
 fn real_main() -> u8 {
-    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED_CHECKPASSWORD);
+    // Kept above fd 3: exactly the POP-before-SMTP login pipe, if POPRELAYFD names one.
+    let relay_fd = spool_login::relay_fd();
+    spool_wire::fds::close_inherited_except(
+        spool_wire::fds::FIRST_INHERITED_CHECKPASSWORD,
+        relay_fd.as_slice(),
+    );
+    if relay_fd.is_none() {
+        std::env::remove_var(spool_login::RELAY_FD_ENV);
+    }
     // A usage error is the interface's "misuse" (exit 2); its message must not reach stderr,
     // which is the client's socket under inetd, unless asked for.
     let usage = cli::Usage {

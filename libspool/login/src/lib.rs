@@ -6,3 +6,6 @@
 pub mod auth;
 pub mod popup;
 mod sys;
+
+/// The POP-before-SMTP login pipe a checkpassword program keeps open for the chain after it.
+pub use spool_relay::{inherited_fd as relay_fd, RELAY_FD_ENV};

@@ -17,7 +17,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Variables passed through by exact name.
-pub const KEPT_ENV: &[&str] = &["PATH", "TZ", "LANG", "PROTO"];
+/// `POPRELAYFD` names the POP-before-SMTP login pipe (pop-relay-record, pop-relay-ok); the
+/// program's `main` keeps it only when it names a pipe open for writing and unsets it otherwise.
+pub const KEPT_ENV: &[&str] = &["PATH", "TZ", "LANG", "PROTO", spool_relay::RELAY_FD_ENV];
 
 /// Variables passed through by prefix: `TCP` (TCPREMOTEIP, TCPLOCALPORT, TCP6..., tcpserver and
 /// s6-tcpserver), `REMOTE_` (systemd socket activation), `SSL_` (s6-tlsd), `LC_` (locale).

@@ -25,6 +25,17 @@ pub fn for_each_line(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> Result<()
         .map_err(|e| AuthError::Temporary(format!("cannot read {}: {e}", path.display())))
 }
 
+/// [`for_each_line`] on a file already opened (by a source that opens it through a directory
+/// descriptor); `what` names it in errors.
+pub fn for_each_line_of(
+    file: File,
+    what: &str,
+    mut f: impl FnMut(&[u8]) -> bool,
+) -> Result<(), AuthError> {
+    scan(BufReader::new(file), &mut f)
+        .map_err(|e| AuthError::Temporary(format!("cannot read {what}: {e}")))
+}
+
 /// The reader-generic part of [`for_each_line`], for tests.
 pub fn scan<R: BufRead>(mut r: R, f: &mut impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
     let mut line = Zeroizing::new(Vec::with_capacity(256));

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod lines;
 pub mod passwdfile;
 pub mod system;
+pub mod vhost;
 
 use spool_wire::log::{Level, Logger};
 use std::ffi::OsString;
@@ -153,6 +154,44 @@ pub enum Source {
         /// Home for lines whose field is empty; `%u` is the user name, `%%` a `%`.
         default_home: Option<String>,
     },
+    /// A directory of passwd-files, one per virtual server ([`vhost`]).
+    Vhost {
+        dir: PathBuf,
+        default_uid: Option<u32>,
+        default_gid: Option<u32>,
+        /// The home template: `%u` the user, `%v` the server, `%%` a `%` (both required).
+        home: String,
+    },
+}
+
+impl Source {
+    /// Every path the source reads (a directory: the files directly in it), so a confined
+    /// reader can be allowed exactly these.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            Source::System {
+                passwd,
+                shadow,
+                valid_shells,
+                ..
+            } => {
+                let mut v = vec![passwd.clone(), shadow.clone()];
+                v.extend(valid_shells.iter().cloned());
+                v
+            }
+            Source::PasswdFile { path, .. } => vec![path.clone()],
+            Source::Vhost { dir, .. } => vec![dir.clone()],
+        }
+    }
+
+    /// The virtual server of this connection, chosen from the environment; None for sources
+    /// without virtual servers.
+    pub fn select(&self) -> Result<Option<vhost::Selected>, AuthError> {
+        match self {
+            Source::Vhost { dir, .. } => vhost::select(dir).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Everything `run` needs, validated by the binary.
@@ -255,6 +294,17 @@ pub fn authenticate(
     creds: &checkpw::Credentials,
     today: i64,
 ) -> Result<Verified, AuthError> {
+    let selected = cfg.source.select()?;
+    authenticate_in(cfg, selected, creds, today)
+}
+
+/// [`authenticate`] with the virtual server already chosen ([`Source::select`]).
+pub fn authenticate_in(
+    cfg: &Config,
+    selected: Option<vhost::Selected>,
+    creds: &checkpw::Credentials,
+    today: i64,
+) -> Result<Verified, AuthError> {
     let user = creds.user();
     let password = creds.password();
     // What every failure costs: for system accounts, yescrypt at Debian's default (what
@@ -302,6 +352,31 @@ pub fn authenticate(
                         uid: *default_uid,
                         gid: *default_gid,
                         home: default_home.as_deref(),
+                    },
+                )?;
+                dummy = match reference {
+                    Some(h) => crypt::Dummy::Hash(h),
+                    None => crypt::Dummy::Nothing,
+                };
+                account
+            }
+            Source::Vhost {
+                dir,
+                default_uid,
+                default_gid,
+                home,
+            } => {
+                let Some(sel) = selected else {
+                    return Err(AuthError::Temporary("no virtual server chosen".into()));
+                };
+                let (account, reference) = vhost::lookup(
+                    user,
+                    sel,
+                    dir,
+                    &vhost::Settings {
+                        uid: *default_uid,
+                        gid: *default_gid,
+                        home,
                     },
                 )?;
                 dummy = match reference {
@@ -425,8 +500,20 @@ pub fn run(cfg: &Config, prog: &[OsString], log: &Logger) -> AuthError {
             return e;
         }
     };
+    let selected = match cfg.source.select() {
+        Ok(s) => s,
+        Err(e) => {
+            log.log(Level::Err, &format!("client={client} {e}"));
+            return e;
+        }
+    };
+    // Every line after this names the virtual server, when there is one.
+    let client = match &selected {
+        Some(s) => format!("{client} vhost={}", s.name),
+        None => client,
+    };
     let user = String::from_utf8_lossy(creds.user()).into_owned();
-    let verified = authenticate(cfg, &creds, today());
+    let verified = authenticate_in(cfg, selected, &creds, today());
     // The password is no longer needed: wipe it before anything else happens.
     drop(creds);
     let verified = match verified {

@@ -21,7 +21,7 @@
 #![forbid(unsafe_code)]
 
 use super::crypt::{estimated_cost_ns, Format};
-use super::lines::{fields, for_each_line};
+use super::lines::{fields, for_each_line, for_each_line_of};
 use super::system::{classify_hash, name_is};
 use super::{Account, AuthError, Groups, Secret};
 use std::ffi::{OsStr, OsString};
@@ -194,9 +194,29 @@ pub fn lookup_with_reference(
     path: &Path,
     defaults: &Defaults<'_>,
 ) -> Result<(Option<Account>, Option<Vec<u8>>), AuthError> {
+    lookup_in(user, defaults, |f| for_each_line(path, f))
+}
+
+/// [`lookup_with_reference`] on a file already opened; `what` names it in errors.
+pub fn lookup_with_reference_of(
+    user: &[u8],
+    file: std::fs::File,
+    what: &str,
+    defaults: &Defaults<'_>,
+) -> Result<(Option<Account>, Option<Vec<u8>>), AuthError> {
+    lookup_in(user, defaults, |f| for_each_line_of(file, what, f))
+}
+
+type Found = (Option<Account>, Option<Vec<u8>>);
+
+fn lookup_in(
+    user: &[u8],
+    defaults: &Defaults<'_>,
+    each_line: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool) -> Result<(), AuthError>,
+) -> Result<Found, AuthError> {
     let mut found: Option<Result<Account, AuthError>> = None;
     let mut reference: Option<(u64, Vec<u8>)> = None;
-    for_each_line(path, |l| {
+    each_line(&mut |l: &[u8]| {
         if l.starts_with(b"#") {
             return false;
         }

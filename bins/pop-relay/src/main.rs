@@ -1,0 +1,123 @@
+//! pop-relay: the administrator's side of POP-before-SMTP. `expire` removes the records older
+//! than the maximum age from the relay directory; `export` writes the fresh ones as a Postfix
+//! access map (`ADDRESS OK`), atomically, and can run postmap on it. See doc/pop-relay.8.
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use spool_relay as relay;
+use spool_wire::cli;
+use spool_wire::log::{Level, LogTarget, Logger};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// Largest `--max-age-minutes`: one week.
+const MAX_AGE_MINUTES: u64 = 7 * 24 * 60;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pop-relay",
+    version,
+    about = "POP-before-SMTP records: expire them, export them as a Postfix access map"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(ClapArgs, Debug)]
+struct Common {
+    /// The relay directory: absolute, owned by root (or the caller), not writable by group or
+    /// others.
+    #[arg(long)]
+    dir: PathBuf,
+
+    /// A record older than this many minutes no longer relays (1 to 10080).
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_AGE.as_secs() / 60,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_AGE_MINUTES))]
+    max_age_minutes: u64,
+
+    /// Where log lines go (facility mail for syslog).
+    #[arg(long, default_value = "stderr")]
+    log: LogTarget,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Remove the records older than the maximum age.
+    Expire {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write the fresh records to MAP as `ADDRESS OK` lines (temp file + rename).
+    Export {
+        #[command(flatten)]
+        common: Common,
+
+        /// The access map to write (its directory must be safe as --dir's is).
+        #[arg(long)]
+        map: PathBuf,
+
+        /// Then run `postmap hash:MAP` (the program at PATH, default /usr/sbin/postmap).
+        #[arg(long, value_name = "PATH", num_args = 0..=1,
+              default_missing_value = "/usr/sbin/postmap")]
+        postmap: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    spool_wire::fds::close_inherited(spool_wire::fds::FIRST_INHERITED);
+    let usage = cli::Usage {
+        program: "pop-relay",
+        report: cli::Report::Stderr,
+        status: 2,
+    };
+    let args: Args = match cli::parse(&usage) {
+        Ok(a) => a,
+        Err(status) => return ExitCode::from(status),
+    };
+    let common = match &args.cmd {
+        Cmd::Expire { common } | Cmd::Export { common, .. } => common,
+    };
+    let log = Logger::new("pop-relay", common.log);
+    match run(&args.cmd, common) {
+        Ok(msg) => {
+            log.log(Level::Info, &msg);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log.log(Level::Err, &e);
+            ExitCode::from(111)
+        }
+    }
+}
+
+fn run(cmd: &Cmd, common: &Common) -> Result<String, String> {
+    let dir = relay::open_dir(&common.dir).map_err(|e| e.to_string())?;
+    let max_age = Duration::from_secs(common.max_age_minutes * 60);
+    let now = SystemTime::now();
+    match cmd {
+        Cmd::Expire { .. } => {
+            let n = relay::expire(dir.as_fd(), max_age, now).map_err(|e| e.to_string())?;
+            Ok(format!("expired {n} records"))
+        }
+        Cmd::Export { map, postmap, .. } => {
+            let recs = relay::records(dir.as_fd()).map_err(|e| e.to_string())?;
+            let text = relay::map_text(&recs, max_age, now);
+            let n = text.lines().count();
+            relay::write_atomically(map, &text).map_err(|e| e.to_string())?;
+            if let Some(prog) = postmap {
+                let mut arg = std::ffi::OsString::from("hash:");
+                arg.push(map);
+                let st = std::process::Command::new(prog)
+                    .arg(arg)
+                    .status()
+                    .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
+                if !st.success() {
+                    return Err(format!("{} failed: {st}", prog.display()));
+                }
+            }
+            Ok(format!("exported {n} addresses to {}", map.display()))
+        }
+    }
+}
