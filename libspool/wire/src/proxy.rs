@@ -336,8 +336,14 @@ pub fn read_from_fd(fd: RawFd, timeout: Duration) -> Result<Header, ProxyError> 
 pub const ADDRESS_VARS: [&str; 4] = ["TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT"];
 
 /// Variables that describe the proxy rather than the client once a header names the client:
-/// tcpserver's reverse DNS and ident lookups of its peer.
-pub const PROXY_ONLY_VARS: [&str; 2] = ["TCPREMOTEHOST", "TCPREMOTEINFO"];
+/// tcpserver's reverse DNS and ident lookups of its peer, and the peer's address as systemd
+/// (`Accept=yes`) sets it.
+pub const PROXY_ONLY_VARS: [&str; 4] = [
+    "TCPREMOTEHOST",
+    "TCPREMOTEINFO",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+];
 
 /// An address as the chain's variables and logs spell it: an IPv4-mapped IPv6 address as
 /// IPv4, as for a socket's peer.
@@ -353,8 +359,8 @@ pub fn ip_text(ip: IpAddr) -> String {
 
 impl Header {
     /// The environment changes for the rest of the chain: with addresses, the four TCP
-    /// variables set (value `Some`) and the proxy-only ones removed (`None`); without, none
-    /// (the launcher's values stand).
+    /// variables set (value `Some`) and the [`PROXY_ONLY_VARS`] removed (`None`); without,
+    /// none (the launcher's values stand).
     pub fn environment(&self) -> Vec<(&'static str, Option<String>)> {
         let Some(a) = self.addrs else {
             return Vec::new();
@@ -364,9 +370,10 @@ impl Header {
             (ADDRESS_VARS[1], Some(a.source.port().to_string())),
             (ADDRESS_VARS[2], Some(ip_text(a.destination.ip()))),
             (ADDRESS_VARS[3], Some(a.destination.port().to_string())),
-            (PROXY_ONLY_VARS[0], None),
-            (PROXY_ONLY_VARS[1], None),
         ]
+        .into_iter()
+        .chain(PROXY_ONLY_VARS.iter().map(|v| (*v, None)))
+        .collect()
     }
 
     /// A short description for a log line: `v2 PROXY 192.0.2.1:5000 -> 10.0.0.1:110`.
@@ -654,6 +661,8 @@ mod tests {
                 ("TCPLOCALPORT", Some("110".to_string())),
                 ("TCPREMOTEHOST", None),
                 ("TCPREMOTEINFO", None),
+                ("REMOTE_ADDR", None),
+                ("REMOTE_PORT", None),
             ]
         );
         let local = Header {
