@@ -145,6 +145,20 @@ fn the_shared_wire_crate_knows_neither_side() {
     assert!(!r.contains(STORE) && !r.contains(LOGIN), "{r:?}");
 }
 
+/// The TLS front stands alone; pop-tls's main alone adds the wire crate, for the PROXY
+/// protocol header it reads before the front starts, and so never reaches either side.
+#[test]
+fn the_tls_front_depends_on_no_other_popspool_crate() {
+    let g = Graph::from_metadata();
+    let r = g.reach("popspool-tls");
+    for c in [WIRE, LOGIN, STORE, "spool-deliver", "spool-admin"] {
+        assert!(!r.contains(c), "popspool-tls reaches {c}: {r:?}");
+    }
+    let r = g.reach("pop-tls");
+    assert!(r.contains(WIRE), "{r:?}");
+    assert!(!r.contains(LOGIN) && !r.contains(STORE), "{r:?}");
+}
+
 #[test]
 fn only_the_login_crate_links_libcrypt() {
     let g = Graph::from_metadata();

@@ -93,6 +93,13 @@ struct Args {
     #[arg(long)]
     tlswrapper: bool,
 
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and send-proxy-v2
+    /// send it) before anything else on the connection; refuse the connection without one.
+    /// The client it names is the session's client: logs, --max-per-source, and the TCP*
+    /// variables the chain sees.
+    #[arg(long)]
+    proxy_protocol: bool,
+
     /// The name in the greeting's timestamp: letters, digits and . @ _ + / - only.
     hostname: String,
 
@@ -183,6 +190,36 @@ fn real_main() -> u8 {
     if let Err(e) = privs::forbid_core_dumps() {
         return fail(&format!("cannot forbid core dumps: {e}"));
     }
+
+    // The header names the client for everything below: slots, log lines, the chain.
+    if args.proxy_protocol {
+        match popup::proxy::read_client() {
+            Ok((header, env)) => {
+                popup::proxy::apply(&env);
+                log.log(
+                    Level::Debug,
+                    &format!(
+                        "addr={} proxy={addr} {}",
+                        client_address(),
+                        header.describe()
+                    ),
+                );
+            }
+            Err(e) => {
+                // The peer is the proxy (or someone bypassing it): nothing is sent.
+                log.log(Level::Warning, &format!("proxy={addr} refused: {e}"));
+                return match e {
+                    spool_wire::proxy::ProxyError::Io(_) => 111,
+                    _ => 0,
+                };
+            }
+        }
+    }
+    let addr = client_address();
+    let fail = |msg: &str| {
+        log.log(Level::Err, &format!("addr={addr} {msg}"));
+        111
+    };
 
     keepalive(&log, &addr, args.tcp_keepalive);
 

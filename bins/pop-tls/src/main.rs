@@ -69,6 +69,12 @@ struct Args {
     #[arg(long, value_name = "FILE", exclusive = true)]
     rotate_ticket_keys: Option<PathBuf>,
 
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and send-proxy-v2
+    /// send it) before the TLS handshake; refuse the connection without one. The client it
+    /// names is the session's client: logs and the TCP* variables PROG sees.
+    #[arg(long)]
+    proxy_protocol: bool,
+
     /// Where logs go: syslog (facility mail), stderr, or none. Under inetd stderr is the
     /// client's socket: use stderr only where it is not.
     #[arg(long, default_value = "syslog")]
@@ -102,6 +108,34 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(front::EXIT_USAGE)
 }
 
+/// Reads the PROXY header on descriptor 0 and puts the client it names in the environment
+/// (see `spool_wire::proxy::Header::environment`), before the TLS front reads the same
+/// variables for its log lines and hands them to PROG. On refusal: logs the reason with the
+/// proxy's address and returns the exit status, having sent nothing.
+fn proxy_header(target: LogTarget) -> Result<(), u8> {
+    use spool_wire::limits::PROXY_HEADER_TIMEOUT;
+    use spool_wire::proxy::{read_from_fd, ProxyError};
+    match read_from_fd(0, PROXY_HEADER_TIMEOUT) {
+        Ok(header) => {
+            for (name, value) in header.environment() {
+                match value {
+                    Some(v) => std::env::set_var(name, v),
+                    None => std::env::remove_var(name),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            log::init(target, format!("proxy={}", front::client_address()));
+            log::log(Level::Warning, &format!("refused: {e}"));
+            Err(match e {
+                ProxyError::Io(_) => front::EXIT_SYSTEM,
+                _ => front::EXIT_CLIENT,
+            })
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -127,6 +161,11 @@ fn main() -> ExitCode {
     }
     if args.cert.is_none() && args.cert_dir.is_none() {
         return usage_error("pop-tls: give --cert and --key, or --cert-dir");
+    }
+    if args.proxy_protocol {
+        if let Err(code) = proxy_header(args.log) {
+            return ExitCode::from(code);
+        }
     }
     let cfg = Config {
         mode: if args.starttls {

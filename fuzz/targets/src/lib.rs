@@ -20,6 +20,7 @@ pub mod maildir_names;
 pub mod mbox_index;
 pub mod mbox_journal;
 pub mod mbox_scan;
+pub mod proxy_header;
 pub mod sasl;
 mod scratch;
 pub mod split;
@@ -74,6 +75,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "checkpw_fd3",
         run: checkpw_fd3::run,
+    },
+    Target {
+        name: "proxy_header",
+        run: proxy_header::run,
     },
 ];
 

@@ -64,3 +64,20 @@ pub const MAX_UIDL_LEN: usize = 70;
 /// and one message per measuring thread (at most four). 64 leaves room, and bounds what a
 /// subverted session could hold open.
 pub const SERVE_MAX_OPEN_FILES: u64 = 64;
+
+/// Under `--proxy-protocol`, the whole PROXY header (v1 or v2) must arrive within this time
+/// of the connection's start, else the connection is refused. The proxy sends it at once, in
+/// the same segment as its connection's first bytes or before them, so a longer wait means
+/// a peer that is not the proxy.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A PROXY v1 header is at most 107 bytes with its CRLF (the protocol's own bound: `PROXY
+/// UNKNOWN` followed by two full IPv6 addresses and two 5-digit ports); a longer line is
+/// refused.
+pub const PROXY_V1_MAX_LINE: usize = 107;
+
+/// Largest PROXY v2 header accepted, its 16 fixed bytes included: the addresses (36 bytes
+/// for IPv6) and TLVs, which are skipped. HAProxy's `send-proxy-v2` with its TLS and
+/// unique-id TLVs sends a few hundred bytes; a longer announced length is refused before
+/// any of it is read.
+pub const PROXY_V2_MAX_HEADER: usize = 2048;

@@ -13,6 +13,7 @@
 pub mod handoff;
 pub mod input;
 pub mod privs;
+pub mod proxy;
 pub mod sasl;
 pub mod slots;
 pub mod stamp;
