@@ -643,17 +643,14 @@ fn nginx_in_front_of_three_backends() {
             "popspool.test".into(),
         ];
         argv.extend(s.checkpassword(&["--token-key", &s.key().display().to_string()]));
-        argv.extend(
-            [
-                bin("pop-serve").display().to_string(),
-                "--log".into(),
-                "stderr".into(),
-                "--no-dotlock-helper".into(),
-                "--spool-dir".into(),
-                spool.display().to_string(),
-            ]
-            .into_iter(),
-        );
+        argv.extend([
+            bin("pop-serve").display().to_string(),
+            "--log".into(),
+            "stderr".into(),
+            "--no-dotlock-helper".into(),
+            "--spool-dir".into(),
+            spool.display().to_string(),
+        ]);
         let log = s.path(&format!("backend{b}.log"));
         chains.push(Some(tcpserver("127.0.0.1", &port.to_string(), &argv, &log)));
         wait_up(&addr.to_string(), true);
