@@ -588,6 +588,58 @@ fn login(p: &mut Pop, how: &str, user: &str, pass: &str) -> String {
     }
 }
 
+/// Starts backend chain number `b` under `tcpserver -D` on a free loopback port: pop-popup,
+/// pop-checkpassword taking tokens, pop-serve on a spool of its own in which every user's one
+/// message says `backend B`.
+fn backend_chain(s: &Scratch, users: &[String], b: usize) -> (Proc, SocketAddr) {
+    let spool = s.path(&format!("spool{b}"));
+    fs::create_dir_all(spool.join("u")).unwrap();
+    chown(&spool.join("u"));
+    for u in users {
+        let mbox = spool.join("u").join(u);
+        fs::write(
+            &mbox,
+            format!("From x Thu Jan  1 00:00:00 1970\nSubject: backend {b}\n\nfor {u}\n"),
+        )
+        .unwrap();
+        chown(&mbox);
+        fs::set_permissions(&mbox, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut argv = vec![
+        bin("pop-popup").display().to_string(),
+        "--log".into(),
+        "stderr".into(),
+        "--fail-delay-ms".into(),
+        "10".into(),
+        "popspool.test".into(),
+    ];
+    argv.extend(s.checkpassword(&["--token-key", &s.key().display().to_string()]));
+    argv.extend([
+        bin("pop-serve").display().to_string(),
+        "--log".into(),
+        "stderr".into(),
+        "--no-dotlock-helper".into(),
+        "--spool-dir".into(),
+        spool.display().to_string(),
+    ]);
+    let log = s.path(&format!("backend{b}.log"));
+    let chain = tcpserver("127.0.0.1", &port.to_string(), &argv, &log);
+    wait_up(&addr.to_string(), true);
+    (chain, addr)
+}
+
+/// Which backend serves `user` through nginx now (by USER/PASS), from its message's Subject.
+fn served_by(user: &str) -> String {
+    let mut p = Pop::connect(NGINX_LISTEN);
+    let r = login(&mut p, "user", user, &password(user));
+    assert!(r.starts_with("+OK"), "{user}: {r}");
+    let got = p.subject();
+    let _ = p.cmd("QUIT");
+    got
+}
+
 #[test]
 fn nginx_in_front_of_three_backends() {
     let name = "nginx_in_front_of_three_backends";
@@ -619,41 +671,8 @@ fn nginx_in_front_of_three_backends() {
     let mut backends = Vec::new();
     let mut chains = Vec::new();
     for b in 0..3 {
-        let spool = s.path(&format!("spool{b}"));
-        fs::create_dir_all(spool.join("u")).unwrap();
-        chown(&spool.join("u"));
-        for u in &users {
-            let mbox = spool.join("u").join(u);
-            fs::write(
-                &mbox,
-                format!("From x Thu Jan  1 00:00:00 1970\nSubject: backend {b}\n\nfor {u}\n"),
-            )
-            .unwrap();
-            chown(&mbox);
-            fs::set_permissions(&mbox, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut argv = vec![
-            bin("pop-popup").display().to_string(),
-            "--log".into(),
-            "stderr".into(),
-            "--fail-delay-ms".into(),
-            "10".into(),
-            "popspool.test".into(),
-        ];
-        argv.extend(s.checkpassword(&["--token-key", &s.key().display().to_string()]));
-        argv.extend([
-            bin("pop-serve").display().to_string(),
-            "--log".into(),
-            "stderr".into(),
-            "--no-dotlock-helper".into(),
-            "--spool-dir".into(),
-            spool.display().to_string(),
-        ]);
-        let log = s.path(&format!("backend{b}.log"));
-        chains.push(Some(tcpserver("127.0.0.1", &port.to_string(), &argv, &log)));
-        wait_up(&addr.to_string(), true);
+        let (chain, addr) = backend_chain(&s, &users, b);
+        chains.push(Some(chain));
         backends.push(addr);
     }
     fs::write(
@@ -822,6 +841,108 @@ fn nginx_in_front_of_three_backends() {
     } else {
         skip("nginx curl", "curl not installed");
     }
+
+    // fetchmail (USER/PASS) and mpop (USER/PASS and AUTH PLAIN) through nginx.
+    let (host, port) = NGINX_LISTEN.split_once(':').unwrap();
+    if let Some(fm) = which("fetchmail") {
+        let u = "u011";
+        let rc = s.path("fetchmailrc");
+        let out = s.path("fetched");
+        fs::write(
+            &rc,
+            format!(
+                "set no syslog\npoll {host} service {port} protocol pop3 auth password\n  \
+                 user {u} password \"{}\" is root here sslproto \"\"\n  \
+                 mda \"/bin/sh -c 'cat >> {}'\"\n",
+                password(u),
+                out.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
+        let o = Command::new(&fm)
+            .arg("-f")
+            .arg(&rc)
+            .arg("--idfile")
+            .arg(s.path("fetchids"))
+            .arg("--pidfile")
+            .arg(s.path("fetchmail.pid"))
+            .arg("--keep")
+            .env("HOME", s.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "fetchmail: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            logs()
+        );
+        let got = fs::read_to_string(&out).unwrap();
+        assert!(
+            got.contains(&format!("Subject: backend {}", expected(u))),
+            "{got}"
+        );
+    } else {
+        skip("nginx fetchmail", "fetchmail not installed");
+    }
+    if let Some(mpop) = which("mpop") {
+        for auth in ["user", "plain"] {
+            let u = "u012";
+            let out = s.path(&format!("mpop-{auth}.mbox"));
+            fs::write(&out, b"").unwrap();
+            let o = Command::new(&mpop)
+                .arg(format!("--host={host}"))
+                .arg(format!("--port={port}"))
+                .args(["--tls=off", "--keep=on", "--quiet"])
+                .arg(format!("--auth={auth}"))
+                .arg(format!("--user={u}"))
+                .arg(format!("--passwordeval=echo '{}'", password(u)))
+                .arg(format!(
+                    "--uidls-file={}",
+                    s.path(&format!("uidls-{auth}")).display()
+                ))
+                .arg(format!("--delivery=mbox,{}", out.display()))
+                .env("HOME", s.dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "mpop --auth={auth}: {}\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                logs()
+            );
+            let got = fs::read_to_string(&out).unwrap();
+            assert!(
+                got.contains(&format!("Subject: backend {}", expected(u))),
+                "mpop --auth={auth}: {got}"
+            );
+        }
+    } else {
+        skip("nginx mpop", "mpop not installed");
+    }
+
+    // A fourth backend added to the list: about a quarter of the users move, all onto it, and
+    // nobody else; the router sees the edited list on the next login.
+    let (fourth, addr4) = backend_chain(&s, &users, 3);
+    let mut four = backends.clone();
+    four.push(addr4);
+    let list = |l: &[SocketAddr]| l.iter().map(|b| format!("{b}\n")).collect::<String>();
+    fs::write(s.path("backends"), list(&four)).unwrap();
+    let mut moved = 0;
+    for u in &users {
+        let now = served_by(u);
+        if now == format!("backend {}", expected(u)) {
+            continue;
+        }
+        assert_eq!(now, "backend 3", "{u} moved elsewhere than the new backend");
+        assert_eq!(backend::rendezvous(&four, u.as_bytes()), Some(addr4));
+        moved += 1;
+    }
+    println!("a fourth backend added through nginx: {moved} of 200 users moved to it (ideal 50)");
+    assert!((30..=70).contains(&moved), "{moved}");
+    fs::write(s.path("backends"), list(&backends)).unwrap();
+    drop(fourth);
 
     // Stop one backend: its users get a temporary error from nginx, the others still work.
     let down = 1;
