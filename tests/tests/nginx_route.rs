@@ -191,6 +191,10 @@ fn route_over_pipes() {
         Ok(())
     );
     assert!(!err.contains("pw of"), "no password in logs: {err}");
+    assert!(
+        err.contains("pop-checkpassword") && err.contains("client=192.0.2.7 login ok"),
+        "checkpassword logs nginx's Client-IP: {err}"
+    );
 
     // A mapped user goes where the map says.
     let (_, out, _) = route(

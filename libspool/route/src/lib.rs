@@ -60,6 +60,9 @@ pub struct RouteConfig {
     pub max_attempts: u32,
     pub wait_base: Duration,
     pub read_timeout: Duration,
+    /// Set `TCPREMOTEIP` to the request's `Client-IP` for the checkpassword program, so its log
+    /// names the client rather than nginx (off in tests that share one process environment).
+    pub export_client_ip: bool,
 }
 
 /// The `Auth-Wait` after failed attempt `attempt` (from 1): `base`, doubled per further
@@ -177,6 +180,12 @@ fn decide<C: Checker>(
         say(Level::Info, "refused: credentials too long");
         return (EXIT_ANSWERED, refuse(cfg, req.attempt, STATUS_INVALID));
     }
+    if cfg.export_client_ip {
+        // A parsed address: nothing else from the request reaches the environment.
+        if let Some(ip) = req.client_ip {
+            std::env::set_var("TCPREMOTEIP", ip.to_string());
+        }
+    }
     match checker.check(&payload) {
         CheckStatus::Served => {
             let tok = key.issue(&req.user, token::now());
@@ -229,6 +238,7 @@ mod tests {
             max_attempts: 3,
             wait_base: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
+            export_client_ip: false,
         };
         (d, cfg)
     }
