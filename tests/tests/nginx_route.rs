@@ -457,6 +457,25 @@ impl Drop for Proc {
     }
 }
 
+/// nginx's master process: stopped with SIGTERM, so that it stops its workers before it exits
+/// (SIGKILL would leave them serving the test's address).
+struct Nginx(Child);
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -717,7 +736,7 @@ fn nginx_in_front_of_three_backends() {
         ),
     )
     .unwrap();
-    let _nginx = Proc(
+    let _nginx = Nginx(
         Command::new(&nginx)
             .arg("-c")
             .arg(&conf)
