@@ -446,7 +446,7 @@ fn readme_shows_the_nginx_config_verbatim() {
 // ---- With the real nginx ----
 
 /// Where the configuration puts nginx and pop-route (scripts/nginx/popspool-mail.conf).
-const NGINX_LISTEN: &str = "127.0.110.1:110";
+const NGINX_LISTEN: &str = "127.0.110.1:11110";
 const ROUTE_LISTEN: (&str, &str) = ("127.0.110.2", "8110");
 
 struct Proc(Child);
@@ -669,7 +669,7 @@ fn nginx_in_front_of_three_backends() {
     if !is_root() {
         skip(
             name,
-            "needs root (nginx binds port 110 and the chains drop to the users)",
+            "needs root (the chains drop to the users, nginx runs as root)",
         );
         return;
     }
