@@ -714,9 +714,12 @@ fn nginx_in_front_of_three_backends() {
         "stderr".into(),
         "--backends".into(),
         s.path("backends").display().to_string(),
+        "--map".into(),
+        s.path("map").display().to_string(),
         "--token-key".into(),
         s.key().display().to_string(),
     ];
+    fs::write(s.path("map"), "# USER IP:PORT\n").unwrap();
     argv.extend(s.checkpassword(&["/bin/true"]));
     let _router = tcpserver(ROUTE_LISTEN.0, ROUTE_LISTEN.1, &argv, &s.path("route.log"));
     wait_up(&format!("{}:{}", ROUTE_LISTEN.0, ROUTE_LISTEN.1), false);
@@ -944,6 +947,15 @@ fn nginx_in_front_of_three_backends() {
     } else {
         skip("nginx mpop", "mpop not installed");
     }
+
+    // Moving a user: a map line sends u000 to another backend from the next login on.
+    let home = expected("u000");
+    let away = (home + 1) % 3;
+    fs::write(s.path("map"), format!("u000 {}\n", backends[away])).unwrap();
+    assert_eq!(served_by("u000"), format!("backend {away}"));
+    assert_eq!(served_by("u001"), format!("backend {}", expected("u001")));
+    fs::write(s.path("map"), "").unwrap();
+    assert_eq!(served_by("u000"), format!("backend {home}"));
 
     // A fourth backend added to the list: about a quarter of the users move, all onto it, and
     // nobody else; the router sees the edited list on the next login.
