@@ -1003,3 +1003,86 @@ fn nginx_in_front_of_three_backends() {
     );
     println!("backend {down} stopped: {failed} of 30 users refused ({refusal:?}), the rest served");
 }
+
+/// The shipped pop-route@.service's command, localized to the scratch files, run over pipes
+/// with the unit's capability bounding set, no_new_privs and no network (what of the sandbox
+/// can be reproduced without a systemd): it still checks the password as the user and answers.
+#[test]
+fn route_unit_command_works_within_its_capabilities() {
+    let name = "route_unit_command_works_within_its_capabilities";
+    if !is_root() {
+        skip(
+            name,
+            "needs root (capability bounding set, network namespace)",
+        );
+        return;
+    }
+    let (Some(unshare), Some(setpriv)) = (which("unshare"), which("setpriv")) else {
+        skip(name, "needs unshare and setpriv (util-linux)");
+        return;
+    };
+    let ok = Command::new(&unshare)
+        .args(["--net", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(name, "cannot make a network namespace here");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let unit = fs::read_to_string(root.join("scripts/systemd/pop-route@.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= in the unit"))
+            .to_string()
+    };
+    let users: Vec<String> = vec!["carol".into()];
+    let s = Scratch::new(&users);
+    fs::write(s.path("backends"), "127.0.3.1:110\n").unwrap();
+    let target = bin("pop-route").parent().unwrap().display().to_string();
+    let cmd = value("ExecStart")
+        .replace("/usr/local/bin/", &format!("{target}/"))
+        .replace(
+            "/etc/popspool/backends",
+            &s.path("backends").display().to_string(),
+        )
+        .replace("/etc/popspool/token.key", &s.key().display().to_string())
+        .replace(
+            "/pop-checkpassword ",
+            &format!(
+                "/pop-checkpassword --log stderr --source passwd-file --passwd-file {} --min-uid 1 ",
+                s.path("users").display()
+            ),
+        );
+    let mut bounding = String::from("-all");
+    for cap in value("CapabilityBoundingSet").split_whitespace() {
+        bounding.push_str(",+");
+        bounding.push_str(&cap.trim_start_matches("CAP_").to_lowercase());
+    }
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    let mut child = Command::new(&unshare)
+        .args(["--net", "--"])
+        .arg(&setpriv)
+        .arg(format!("--bounding-set={bounding}"))
+        .args(["--no-new-privs", "--", "/bin/sh", "-c"])
+        .arg(format!(
+            "umask {} && exec {cmd} --log stderr",
+            value("UMask")
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(request("plain", "carol", &password("carol"), 1, "").as_bytes())
+        .unwrap();
+    let (code, out, err) = wait_output(child, Duration::from_secs(20));
+    drop(stdin);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
+    assert!(err.contains("login ok uid=65534"), "{err}");
+}
