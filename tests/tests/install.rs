@@ -82,6 +82,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-relay-record",
         "pop-relay-ok",
         "pop-relay",
+        "pop-route",
     ] {
         let m = std::fs::metadata(bin.join(p)).unwrap_or_else(|_| panic!("{p} installed"));
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o755), "{p}");
@@ -144,6 +145,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-relay-record.8",
         "pop-relay-ok.8",
         "pop-relay.8",
+        "pop-route.8",
     ] {
         assert!(
             dest.path()

@@ -12,6 +12,7 @@ fn usage_errors_stay_off_a_socket_stderr() {
         ("pop-checkpassword", 2),
         ("pop-relay-record", 2),
         ("pop-relay-ok", 111),
+        ("pop-route", 100),
     ] {
         let out = Command::new(bin(prog))
             .arg("--no-such-option")

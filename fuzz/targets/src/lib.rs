@@ -12,6 +12,7 @@
 //! [`split::two`]: a flags byte, a 16-bit little-endian length, the first file, the rest.
 
 pub mod accounts;
+pub mod auth_http;
 pub mod checkpw_fd3;
 pub mod command_parse;
 pub mod line_buffer;
@@ -79,6 +80,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "proxy_header",
         run: proxy_header::run,
+    },
+    Target {
+        name: "auth_http",
+        run: auth_http::run,
     },
 ];
 
