@@ -57,3 +57,25 @@ pub fn which(prog: &str) -> Option<PathBuf> {
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
+
+/// A TCP connection to `to` from `source`, a loopback address of the test's choosing (any of
+/// 127.0.0.0/8 works on Linux), so a server's log can be checked for the client's address.
+pub fn connect_from(
+    source: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+) -> nix::Result<std::net::TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(std::net::TcpStream::from(fd))
+}

@@ -484,6 +484,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until the backend at `addr`, which wants a PROXY protocol header first (as nginx's
+/// `proxy_protocol on` sends it), greets a connection that sends `PROXY UNKNOWN`.
+fn wait_up_proxied(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut b = [0u8; 3];
+            if s.write_all(b"PROXY UNKNOWN\r\n").is_ok()
+                && s.read_exact(&mut b).is_ok()
+                && &b == b"+OK"
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until `addr` accepts connections (and, with `greets`, says +OK).
 fn wait_up(addr: &str, greets: bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -535,7 +555,15 @@ struct Pop {
 
 impl Pop {
     fn connect(addr: &str) -> Pop {
-        let s = TcpStream::connect(addr).unwrap();
+        Pop::over(TcpStream::connect(addr).unwrap())
+    }
+    /// A session from `source`, a loopback address of the test's choosing.
+    fn connect_from(source: &str, addr: &str) -> Pop {
+        Pop::over(
+            popspool_tests::connect_from(source.parse().unwrap(), addr.parse().unwrap()).unwrap(),
+        )
+    }
+    fn over(s: TcpStream) -> Pop {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut p = Pop {
             r: BufReader::new(s.try_clone().unwrap()),
@@ -632,6 +660,7 @@ fn backend_chain(s: &Scratch, users: &[String], b: usize) -> (Proc, SocketAddr) 
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut argv = vec![
         bin("pop-popup").display().to_string(),
+        "--proxy-protocol".into(),
         "--log".into(),
         "stderr".into(),
         "--fail-delay-ms".into(),
@@ -649,7 +678,7 @@ fn backend_chain(s: &Scratch, users: &[String], b: usize) -> (Proc, SocketAddr) 
     ]);
     let log = s.path(&format!("backend{b}.log"));
     let chain = tcpserver("127.0.0.1", &port.to_string(), &argv, &log);
-    wait_up(&addr.to_string(), true);
+    wait_up_proxied(&addr.to_string());
     (chain, addr)
 }
 
@@ -835,6 +864,29 @@ fn nginx_in_front_of_three_backends() {
     let r = login(&mut p, "user", "u000", &password("u000"));
     assert!(r.starts_with("+OK"), "{r}");
     drop(p);
+
+    // nginx opens each backend connection with a PROXY v1 header (`proxy_protocol on`), and
+    // the backend's pop-popup (`--proxy-protocol`) logs the client, not nginx.
+    let mut p = Pop::connect_from("127.0.0.99", NGINX_LISTEN);
+    let r = login(&mut p, "user", "u001", &password("u001"));
+    assert!(r.starts_with("+OK"), "{r}\n{}", logs());
+    let _ = p.cmd("QUIT");
+    drop(p);
+    let b = expected("u001");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = fs::read_to_string(s.path(&format!("backend{b}.log"))).unwrap_or_default();
+        if log.contains("addr=127.0.0.99") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {b} never logged the client 127.0.0.99\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("backend {b} logged the client 127.0.0.99 from nginx's PROXY header");
 
     // curl through nginx, USER/PASS and AUTH PLAIN.
     if let Some(curl) = which("curl") {
