@@ -14,4 +14,6 @@ pub mod pop3;
 pub mod sandbox;
 pub mod sock;
 pub mod start;
+#[cfg(debug_assertions)]
+pub mod testhooks;
 pub mod timeio;
