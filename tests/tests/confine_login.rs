@@ -52,6 +52,22 @@ fn assert_denied(log: &str, what: &str, path: &Path) {
     assert!(line.contains(EACCES), "{path:?} not refused: {line}");
 }
 
+/// The `test-self` line of the log.
+fn self_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("test-self "))
+        .unwrap_or_else(|| panic!("no test-self line in the log:\n{log}"))
+}
+
+/// `NAME=0x...` of a `test-self` line.
+fn field_hex(line: &str, name: &str) -> u64 {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=0x")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    u64::from_str_radix(v, 16).unwrap()
+}
+
 fn assert_allowed(log: &str, what: &str, path: &Path) {
     let line = hook_line(log, what, path);
     assert!(line.ends_with(": ok"), "{path:?} refused: {line}");
@@ -208,10 +224,19 @@ fn checkpassword_verifier_reaches_only_its_source() {
         &[
             ("POPSPOOL_TEST_OPEN", &opens),
             ("POPSPOOL_TEST_EXEC", "/bin/sh".as_ref()),
+            ("POPSPOOL_TEST_SELF", "1".as_ref()),
         ],
         STATUS,
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // no_new_privs, RLIMIT_NOFILE 16, and of the capabilities at most CAP_DAC_READ_SEARCH.
+    let me = self_line(&r.stderr);
+    assert!(me.contains(" nnp=1 nofile=16 "), "{me}");
+    let read_search = 1u64 << 2;
+    for set in ["capeff", "capprm"] {
+        let mask = field_hex(me, set);
+        assert_eq!(mask & !read_search, 0, "{set} in {me}");
+    }
     assert_allowed(&r.stderr, "test-open", &a.users());
     assert_denied(&r.stderr, "test-open", &beside);
     assert_denied(&r.stderr, "test-open", passwd);
