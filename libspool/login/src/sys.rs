@@ -78,3 +78,12 @@ pub(crate) fn fork_single_threaded() -> std::io::Result<ForkResult> {
     // no lock can be held by a thread that does not exist in the child.
     unsafe { fork() }.map_err(std::io::Error::from)
 }
+
+/// Takes ownership of a descriptor the kernel just installed for a received `SCM_RIGHTS`
+/// message, so it is closed when dropped.
+pub(crate) fn own_received(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed `fd` in this process's table for the message just
+    // received; nothing else refers to it, so this is its only owner.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

@@ -15,6 +15,7 @@ pub mod input;
 pub mod privs;
 pub mod sasl;
 pub mod slots;
+pub mod split;
 pub mod stamp;
 pub mod starttls;
 
