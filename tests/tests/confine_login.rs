@@ -7,6 +7,12 @@
 //! no_new_privs (PROG reports its own /proc status); the exit codes 1, 2 and 111 are those of
 //! the interface; `--require-sandbox` refuses (111) unless Landlock is fully enforced; and a
 //! login through it under tcpserver still reaches pop-serve.
+//!
+//! pop-popup talks to the client in a confined dialogue child: /proc shows it with
+//! `NoNewPrivs: 1`, no capability in any set, uid nobody and `Max open files` 16, its hooks
+//! show EACCES for /etc/passwd and exec of /bin/sh; the parent keeps the three capabilities
+//! the checkpassword program needs and runs it; `--require-sandbox` answers
+//! `-ERR [SYS/TEMP]` and exits 111 when Landlock is partial.
 
 use popspool_tests::gen;
 use popspool_tests::listen::{self, Launcher};
@@ -385,8 +391,9 @@ fn checkpassword_require_sandbox() {
     );
 }
 
-/// pop-popup → pop-checkpassword (confined verifier, `--require-sandbox` when the kernel
-/// allows it) → pop-serve under tcpserver on loopback: USER/PASS, then the mailbox.
+/// pop-popup (confined dialogue) → pop-checkpassword (confined verifier, both with
+/// `--require-sandbox` when the kernel allows it) → pop-serve under tcpserver on loopback: a
+/// wrong password, then USER/PASS with STAT pipelined after PASS, answered by pop-serve.
 #[test]
 fn login_through_the_confined_verifier_reaches_pop_serve() {
     let a = Accounts::new();
@@ -406,11 +413,16 @@ fn login_through_the_confined_verifier_reaches_pop_serve() {
         }
     }
     fs::set_permissions(&mbox, fs::Permissions::from_mode(0o600)).unwrap();
+    let full = kernel_abi() >= 7;
     let mut chain: Vec<String> = vec![bin("pop-popup").display().to_string()];
-    chain.extend(["--log", "stderr", "--fail-delay-ms", "10", "popspool.test"].map(String::from));
+    chain.extend(["--log", "stderr", "--fail-delay-ms", "10"].map(String::from));
+    if full {
+        chain.push("--require-sandbox".into());
+    }
+    chain.push("popspool.test".into());
     chain.push(bin("pop-checkpassword").display().to_string());
     chain.extend(a.args());
-    if kernel_abi() >= 7 {
+    if full {
         chain.push("--require-sandbox".into());
     }
     chain.push(bin("pop-serve").display().to_string());
@@ -433,10 +445,12 @@ fn login_through_the_confined_verifier_reaches_pop_serve() {
     let r = c.cmd("PASS wrong");
     assert!(r.starts_with("-ERR"), "{r}");
     assert!(c.cmd("USER demo").starts_with("+OK"));
-    let r = c.cmd(&format!("PASS {PASSWORD}"));
+    // PASS and STAT in one write: the dialogue must leave STAT to pop-serve.
+    c.send(&format!("PASS {PASSWORD}\r\nSTAT"));
+    let r = c.line();
     let log = || fs::read_to_string(&log_path).unwrap_or_default();
     assert!(r.starts_with("+OK"), "{r}\n{}", log());
-    let stat = c.cmd("STAT");
+    let stat = c.line();
     assert!(stat.starts_with(&format!("+OK {} ", msgs.len())), "{stat}");
     assert!(c.cmd("QUIT").starts_with("+OK"));
     drop(l);
@@ -444,4 +458,173 @@ fn login_through_the_confined_verifier_reaches_pop_serve() {
     assert!(log.contains("user=demo"), "{log}");
     assert!(log.contains("wrong password"), "{log}");
     assert!(log.contains("login ok"), "{log}");
+}
+
+/// pop-popup started on pipes in front of pop-checkpassword (passwd-file `a`) and a SUBPROG
+/// that answers `+OK served` and reports its ids and no_new_privs.
+fn popup(a: &Accounts, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    let mut cmd = Command::new(bin("pop-popup"));
+    cmd.args(["--log", "stderr", "--fail-delay-ms", "10"])
+        .args(extra)
+        .arg("popspool.test")
+        .arg(bin("pop-checkpassword"))
+        .args(a.args())
+        .args([
+            "/bin/sh",
+            "-c",
+            "printf '+OK served %s\\r\\n' \"$(grep -E '^(Uid|NoNewPrivs):' /proc/self/status | tr '\\t\\n' '  ')\"",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn pop-popup")
+}
+
+/// The children of `pid` (the popup's dialogue while no check runs).
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn status_field(pid: u32, name: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+#[test]
+fn popup_dialogue_is_confined_and_the_parent_still_checks() {
+    if !is_root() {
+        skip(
+            "popup_dialogue_is_confined_and_the_parent_still_checks",
+            "needs root (the dialogue drops to nobody)",
+        );
+        return;
+    }
+    if kernel_abi() < 1 {
+        skip(
+            "popup_dialogue_is_confined_and_the_parent_still_checks",
+            "no Landlock in this kernel",
+        );
+        return;
+    }
+    let a = Accounts::new();
+    let mut child = popup(
+        &a,
+        &[],
+        &[
+            ("POPSPOOL_TEST_OPEN", "/etc/passwd".as_ref()),
+            ("POPSPOOL_TEST_EXEC", "/bin/sh".as_ref()),
+            ("POPSPOOL_TEST_SELF", "1".as_ref()),
+        ],
+    );
+    let parent = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(c.line().starts_with("+OK"), "greeting");
+    // Waiting for a command: the dialogue is the parent's only child.
+    let kids = children(parent);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let d = kids[0];
+    assert_eq!(status_field(d, "NoNewPrivs:"), "1");
+    for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+        assert_eq!(status_field(d, set), "0000000000000000", "{set}");
+    }
+    let uid = status_field(d, "Uid:");
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "Uid: {uid}");
+    let limits = fs::read_to_string(format!("/proc/{d}/limits")).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(nofile.split_whitespace().nth(3) == Some("16"), "{nofile}");
+    // The parent keeps exactly what the checkpassword program needs.
+    assert_eq!(status_field(parent, "CapBnd:"), "00000000000000c4");
+    assert_eq!(status_field(parent, "NoNewPrivs:"), "0");
+    // A wrong password, then a good one: the parent runs the chain.
+    assert!(c.cmd("USER demo").starts_with("+OK"));
+    assert!(c.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
+    assert!(c.cmd("USER demo").starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {PASSWORD}"));
+    assert!(r.starts_with("+OK served "), "{r}");
+    assert!(r.contains("NoNewPrivs: 0"), "{r}");
+    drop(c);
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let mine = format!("pop-popup[{d}]");
+    let from_dialogue: String = log
+        .lines()
+        .filter(|l| l.starts_with(&mine))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_denied(&from_dialogue, "test-open", Path::new("/etc/passwd"));
+    assert_denied(&from_dialogue, "test-exec", Path::new("/bin/sh"));
+    let me = self_line(&from_dialogue);
+    assert!(
+        me.contains("uid=65534 nnp=1 nofile=16 capeff=0x0 capprm=0x0"),
+        "{me}"
+    );
+    assert!(log.contains("result=fail"), "{log}");
+    assert!(log.contains("result=ok"), "{log}");
+}
+
+#[test]
+fn popup_require_sandbox() {
+    let a = Accounts::new();
+    let old: &[(&str, &std::ffi::OsStr)] = &[("POPSPOOL_TEST_LANDLOCK_ABI", "3".as_ref())];
+    if kernel_abi() < 4 {
+        skip("popup_require_sandbox", "kernel Landlock ABI below 4");
+        return;
+    }
+    // As on an older kernel: refused with --require-sandbox, before any greeting.
+    let mut child = popup(&a, &["--require-sandbox"], old);
+    let out = {
+        drop(child.stdin.take());
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut s).unwrap();
+        s
+    };
+    let code = child.wait().unwrap().code();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(out, "-ERR [SYS/TEMP] sandbox unavailable\r\n", "{log}");
+    assert_eq!(code, Some(111), "{log}");
+    assert!(
+        log.contains("--require-sandbox: landlock: partial (ABI 3)"),
+        "{log}"
+    );
+    // Without it: served, and the partial status logged.
+    let mut child = popup(&a, &[], old);
+    let mut stderr = child.stderr.take().unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(c.line().starts_with("+OK"));
+    assert!(c.cmd("USER demo").starts_with("+OK"));
+    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK served"));
+    drop(c);
+    child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("dialogue landlock: partial (ABI 3)"), "{log}");
+    // The real kernel: --require-sandbox serves when Landlock is full.
+    if kernel_abi() >= 7 {
+        let mut child = popup(&a, &["--require-sandbox"], &[]);
+        let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        assert!(c.line().starts_with("+OK"));
+        assert!(c.cmd("USER demo").starts_with("+OK"));
+        assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK served"));
+        drop(c);
+        assert!(child.wait().unwrap().success());
+    }
 }
