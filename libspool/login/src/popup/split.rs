@@ -512,6 +512,15 @@ mod tests {
         assert!(Request::decode(&m).is_err());
         let huge = req(b"u\0p\0t\0", &[("SSL_X", &"v".repeat(MAX_REQUEST))]);
         assert!(huge.encode().is_err());
+        let names: Vec<String> = (0..=MAX_ENV_CHANGES).map(|i| format!("SSL_{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        assert!(req(b"u\0p\0t\0", &many).encode().is_err());
+        assert!(req(b"u\0p\0t\0", &many[1..]).encode().is_ok());
+        // A count over the limit is refused before anything is allocated for it.
+        let mut m = req(b"u\0p\0t\0", &[]).encode().unwrap().to_vec();
+        let n = m.len();
+        m[n - 4..].copy_from_slice(&(MAX_ENV_CHANGES as u32 + 1).to_be_bytes());
+        assert!(Request::decode(&m).is_err());
     }
 
     #[test]
@@ -529,6 +538,10 @@ mod tests {
         }
         assert!(decode_reply(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode_reply(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+        assert!(decode_reply(&vec![0u8; MAX_REPLY + 1]).is_err());
+        let long = CheckStatus::SpawnFailed("e".repeat(2 * MAX_REPLY));
+        assert!(encode_reply(&long).len() <= MAX_REPLY);
+        assert!(decode_reply(&encode_reply(&long)).is_ok());
     }
 
     #[test]
