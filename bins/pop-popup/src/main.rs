@@ -306,11 +306,23 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
         111
     };
     match split::confine_dialogue(d.user) {
-        Ok(s) if s.landlock == Enforced::Full => {
-            log.log(Level::Debug, &format!("addr={addr} dialogue {s}"))
+        Ok(c) => {
+            let s = &c.sandbox;
+            let bounding = if c.bounding_kept {
+                " bounding set kept (no CAP_SETPCAP)"
+            } else {
+                ""
+            };
+            if s.landlock != Enforced::Full && d.require_sandbox {
+                return refuse(&format!("--require-sandbox: {s}"));
+            }
+            let level = if s.landlock == Enforced::Full {
+                Level::Debug
+            } else {
+                Level::Info
+            };
+            log.log(level, &format!("addr={addr} dialogue {s}{bounding}"));
         }
-        Ok(s) if d.require_sandbox => return refuse(&format!("--require-sandbox: {s}")),
-        Ok(s) => log.log(Level::Info, &format!("addr={addr} dialogue {s}")),
         Err(e) => return refuse(&format!("cannot confine the dialogue: {e}")),
     }
     #[cfg(debug_assertions)]

@@ -1,6 +1,6 @@
 //! `pop-popup` in two processes. The *dialogue* child talks to the client (greeting, CAPA,
 //! USER/PASS, APOP, AUTH PLAIN, STLS) confined: an unprivileged uid and gid, no capability in
-//! any set (Bounding included), no_new_privs, Landlock with nothing granted,
+//! any set (Bounding included where CAP_SETPCAP allows), no_new_privs, Landlock with nothing granted,
 //! `RLIMIT_NOFILE` [`DIALOGUE_MAX_OPEN_FILES`]. The parent keeps [`super::privs::KEPT`] for
 //! the checkpassword program and reads nothing from the network: it serves the child's
 //! requests on a `SOCK_SEQPACKET` socket pair, one per login attempt, each carrying the
@@ -391,19 +391,27 @@ pub fn lookup_user(name: &str) -> Result<Option<(nix::unistd::Uid, nix::unistd::
     }
 }
 
-/// Confines the dialogue, in this order: every capability out of the Bounding set (while
-/// CAP_SETPCAP may still be effective), groups, gid and uid to `user` (when root), every
-/// capability set cleared and checked empty, `RLIMIT_NOFILE`, then no_new_privs and Landlock
-/// with nothing granted. What Landlock enforced comes back.
+/// What [`confine_dialogue`] did, for the one log line.
+#[derive(Debug)]
+pub struct Confined {
+    pub sandbox: spool_wire::sandbox::Status,
+    /// The Bounding set could not be emptied: CAP_SETPCAP was not held (a launcher that
+    /// bounds it away, as the shipped systemd units do). No exec is possible, and none could
+    /// gain from the set under no_new_privs.
+    pub bounding_kept: bool,
+}
+
+/// Confines the dialogue, in this order: every capability out of the Bounding set (when
+/// CAP_SETPCAP is effective), groups, gid and uid to `user` (when root), every capability
+/// set cleared and checked empty, `RLIMIT_NOFILE`, then no_new_privs and Landlock with
+/// nothing granted.
 pub fn confine_dialogue(
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-) -> Result<spool_wire::sandbox::Status, String> {
-    use caps::CapSet;
-    if nix::unistd::geteuid().is_root()
-        || !caps::read(None, CapSet::Permitted)
-            .map_err(|e| e.to_string())?
-            .is_empty()
-    {
+) -> Result<Confined, String> {
+    use caps::{CapSet, Capability};
+    let setpcap = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(|e| e.to_string())?;
+    if setpcap {
         for cap in 0..=63u8 {
             let one = rustix::thread::CapabilitySet::from_bits_retain(1u64 << cap);
             match rustix::thread::capability_is_in_bounding_set(one) {
@@ -426,17 +434,27 @@ pub fn confine_dialogue(
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
         caps::clear(None, set).map_err(|e| format!("clearing capabilities: {e}"))?;
     }
-    for set in [CapSet::Permitted, CapSet::Effective, CapSet::Bounding] {
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
+    for set in [CapSet::Permitted, CapSet::Effective, CapSet::Inheritable] {
         let left = caps::read(None, set).map_err(|e| e.to_string())?;
         if !left.is_empty() {
             return Err(format!("capabilities left in {set:?}: {left:?}"));
         }
     }
+    if setpcap && !bounding.is_empty() {
+        return Err(format!(
+            "capabilities left in the bounding set: {bounding:?}"
+        ));
+    }
     spool_wire::sandbox::max_open_files(DIALOGUE_MAX_OPEN_FILES)
         .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    spool_wire::sandbox::Sandbox::new()
+    let sandbox = spool_wire::sandbox::Sandbox::new()
         .restrict()
-        .map_err(|e| format!("no_new_privs: {e}"))
+        .map_err(|e| format!("no_new_privs: {e}"))?;
+    Ok(Confined {
+        sandbox,
+        bounding_kept: !bounding.is_empty(),
+    })
 }
 
 /// Forks the dialogue (the process must have one thread): `None` in the child, the
