@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod checkpw_fd3;
 pub mod command_parse;
 pub mod line_buffer;
+pub mod login_split;
 pub mod maildir_index;
 pub mod maildir_names;
 pub mod mbox_index;
@@ -74,6 +75,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "checkpw_fd3",
         run: checkpw_fd3::run,
+    },
+    Target {
+        name: "login_split",
+        run: login_split::run,
     },
 ];
 
