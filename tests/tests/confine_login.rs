@@ -628,3 +628,29 @@ fn popup_require_sandbox() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+#[test]
+fn popup_dialogue_ends_with_its_parent() {
+    let a = Accounts::new();
+    let mut child = popup(&a, &[], &[]);
+    let parent = child.id();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(c.line().starts_with("+OK"), "greeting");
+    let kids = children(parent);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let d = kids[0];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dialogue gets SIGKILL from the kernel; it is reaped by init.
+    let gone = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    };
+    let mut waited = 0;
+    while !gone(d) && waited < 300 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(gone(d), "dialogue {d} outlived its parent");
+}

@@ -242,6 +242,7 @@ fn real_main() -> u8 {
         Err(e) => return fail(&format!("socketpair: {e}")),
     };
     let front_fds = front.keep();
+    let me = nix::unistd::getpid();
     match split::fork_dialogue() {
         Err(e) => fail(&format!("cannot fork the dialogue: {e}")),
         Ok(None) => {
@@ -255,6 +256,7 @@ fn real_main() -> u8 {
                 log: &log,
                 addr: &addr,
                 user: dialogue_user,
+                parent: me,
                 require_sandbox: args.require_sandbox,
             })
         }
@@ -290,6 +292,7 @@ struct Dialogue<'a> {
     log: &'a Logger,
     addr: &'a str,
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    parent: nix::unistd::Pid,
     require_sandbox: bool,
 }
 
@@ -305,7 +308,7 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
         }
         111
     };
-    match split::confine_dialogue(d.user) {
+    match split::confine_dialogue(d.user, d.parent) {
         Ok(c) => {
             let s = &c.sandbox;
             let bounding = if c.bounding_kept {

@@ -402,11 +402,13 @@ pub struct Confined {
 }
 
 /// Confines the dialogue, in this order: every capability out of the Bounding set (when
-/// CAP_SETPCAP is effective), groups, gid and uid to `user` (when root), every capability
+/// CAP_SETPCAP is effective), groups, gid and uid to `user` (when root), SIGKILL when
+/// `parent` ends, every capability
 /// set cleared and checked empty, `RLIMIT_NOFILE`, then no_new_privs and Landlock with
 /// nothing granted.
 pub fn confine_dialogue(
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    parent: nix::unistd::Pid,
 ) -> Result<Confined, String> {
     use caps::{CapSet, Capability};
     let setpcap = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
@@ -429,6 +431,13 @@ pub fn confine_dialogue(
         if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
             return Err("uid 0 could be regained".into());
         }
+    }
+    // Ends with the parent (set after the uid change, which clears it): a dialogue whose
+    // parent is gone could only answer every login with a temporary failure.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if nix::unistd::getppid() != parent {
+        return Err("the parent has ended".into());
     }
     let _ = rustix::thread::clear_ambient_capability_set();
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
