@@ -629,10 +629,12 @@ fn popup_require_sandbox() {
     }
 }
 
+/// The parent has no CAP_KILL, so the kernel's parent-death signal could not reach a
+/// dialogue running as nobody: a dialogue left alone ends by the AUTHORIZATION timeout.
 #[test]
-fn popup_dialogue_ends_with_its_parent() {
+fn popup_dialogue_without_its_parent_ends_by_the_timeout() {
     let a = Accounts::new();
-    let mut child = popup(&a, &[], &[]);
+    let mut child = popup(&a, &["--timeout", "2"], &[]);
     let parent = child.id();
     let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
     assert!(c.line().starts_with("+OK"), "greeting");
@@ -641,7 +643,6 @@ fn popup_dialogue_ends_with_its_parent() {
     let d = kids[0];
     child.kill().unwrap();
     child.wait().unwrap();
-    // The dialogue gets SIGKILL from the kernel; it is reaped by init.
     let gone = |pid: u32| {
         fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.split_whitespace().nth(2) == Some("Z"))
@@ -652,5 +653,29 @@ fn popup_dialogue_ends_with_its_parent() {
         std::thread::sleep(Duration::from_millis(100));
         waited += 1;
     }
-    assert!(gone(d), "dialogue {d} outlived its parent");
+    assert!(gone(d), "dialogue {d} outlived its parent and its timeout");
+    assert!(c.line().starts_with("-ERR"), "the timeout's answer");
+}
+
+/// A malformed request (debug hook `POPSPOOL_TEST_BAD_REQUEST`, standing in for a subverted
+/// dialogue) is not answered: the parent logs it, kills the dialogue (as root: though it has
+/// no CAP_KILL, by taking the dialogue's uid as its effective uid for the call) and exits 111.
+#[test]
+fn popup_parent_kills_a_dialogue_that_breaks_the_protocol() {
+    let a = Accounts::new();
+    let mut child = popup(&a, &[], &[("POPSPOOL_TEST_BAD_REQUEST", "1".as_ref())]);
+    let mut stderr = child.stderr.take().unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(c.line().starts_with("+OK"), "greeting");
+    assert!(c.cmd("USER demo").starts_with("+OK"));
+    c.send(&format!("PASS {PASSWORD}"));
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut c.r, &mut rest);
+    assert_eq!(rest, "", "the killed dialogue answers nothing");
+    let code = child.wait().unwrap().code();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert_eq!(code, Some(111), "{log}");
+    assert!(log.contains("dialogue: "), "{log}");
+    assert!(!log.contains("result=ok"), "{log}");
 }

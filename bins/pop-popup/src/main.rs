@@ -242,7 +242,6 @@ fn real_main() -> u8 {
         Err(e) => return fail(&format!("socketpair: {e}")),
     };
     let front_fds = front.keep();
-    let me = nix::unistd::getpid();
     match split::fork_dialogue() {
         Err(e) => fail(&format!("cannot fork the dialogue: {e}")),
         Ok(None) => {
@@ -256,7 +255,6 @@ fn real_main() -> u8 {
                 log: &log,
                 addr: &addr,
                 user: dialogue_user,
-                parent: me,
                 require_sandbox: args.require_sandbox,
             })
         }
@@ -276,7 +274,15 @@ fn real_main() -> u8 {
             if let Err(e) = split::send_go(&mine) {
                 let _ = fail(&format!("dialogue: {e}"));
             }
-            let code = serve_checks(&mine, &mut checker, &stamp, &log, &addr, child);
+            let code = serve_checks(
+                mine,
+                &mut checker,
+                &stamp,
+                &log,
+                &addr,
+                child,
+                dialogue_user,
+            );
             drop(slots);
             code
         }
@@ -292,7 +298,6 @@ struct Dialogue<'a> {
     log: &'a Logger,
     addr: &'a str,
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-    parent: nix::unistd::Pid,
     require_sandbox: bool,
 }
 
@@ -308,7 +313,7 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
         }
         111
     };
-    match split::confine_dialogue(d.user, d.parent) {
+    match split::confine_dialogue(d.user) {
         Ok(c) => {
             let s = &c.sandbox;
             let bounding = if c.bounding_kept {
@@ -373,20 +378,21 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
 /// dialogue's descriptors 0 and 1 and its allowed environment changes, until it ends.
 /// Returns pop-popup's exit status (the dialogue's).
 fn serve_checks(
-    sock: &std::os::fd::OwnedFd,
+    sock: std::os::fd::OwnedFd,
     checker: &mut ExecChecker,
     stamp: &Timestamp,
     log: &Logger,
     addr: &str,
     child: nix::unistd::Pid,
+    user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 ) -> u8 {
     loop {
-        let got = match split::receive(sock) {
+        let got = match split::receive(&sock) {
             Ok(Some(g)) => g,
             Ok(None) => break,
             Err(e) => {
                 log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                split::kill_dialogue(child, user);
                 break;
             }
         };
@@ -418,11 +424,13 @@ fn serve_checks(
             }
         };
         drop(got);
-        if let Err(e) = split::reply(sock, &status) {
+        if let Err(e) = split::reply(&sock, &status) {
             log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
             break;
         }
     }
+    // Closed first: a dialogue waiting for a reply sees the end rather than waiting forever.
+    drop(sock);
     split::wait_dialogue(child)
 }
 

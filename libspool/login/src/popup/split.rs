@@ -237,6 +237,13 @@ impl ParentChecker {
             env: self.changes(),
         };
         let msg = req.encode()?;
+        // Debug builds only: a malformed request, as a subverted dialogue might send.
+        #[cfg(debug_assertions)]
+        let msg = if std::env::var_os("POPSPOOL_TEST_BAD_REQUEST").is_some() {
+            Zeroizing::new(b"not a request".to_vec())
+        } else {
+            msg
+        };
         let fds = [0, 1];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let iov = [IoSlice::new(&msg)];
@@ -402,13 +409,11 @@ pub struct Confined {
 }
 
 /// Confines the dialogue, in this order: every capability out of the Bounding set (when
-/// CAP_SETPCAP is effective), groups, gid and uid to `user` (when root), SIGKILL when
-/// `parent` ends, every capability
+/// CAP_SETPCAP is effective), groups, gid and uid to `user` (when root), every capability
 /// set cleared and checked empty, `RLIMIT_NOFILE`, then no_new_privs and Landlock with
 /// nothing granted.
 pub fn confine_dialogue(
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-    parent: nix::unistd::Pid,
 ) -> Result<Confined, String> {
     use caps::{CapSet, Capability};
     let setpcap = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
@@ -431,13 +436,6 @@ pub fn confine_dialogue(
         if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
             return Err("uid 0 could be regained".into());
         }
-    }
-    // Ends with the parent (set after the uid change, which clears it): a dialogue whose
-    // parent is gone could only answer every login with a temporary failure.
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    if nix::unistd::getppid() != parent {
-        return Err("the parent has ended".into());
     }
     let _ = rustix::thread::clear_ambient_capability_set();
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
@@ -473,6 +471,29 @@ pub fn fork_dialogue() -> std::io::Result<Option<nix::unistd::Pid>> {
         nix::unistd::ForkResult::Child => None,
         nix::unistd::ForkResult::Parent { child } => Some(child),
     })
+}
+
+/// Kills the dialogue. The parent has no CAP_KILL, so to signal a dialogue running as
+/// `user` it takes that uid as its effective uid for the call (CAP_SETUID, kept in
+/// Permitted for the checkpassword program, raised for this; the saved uid stays 0), then
+/// returns to euid 0 and empties its Effective set again.
+pub fn kill_dialogue(child: nix::unistd::Pid, user: Option<(nix::unistd::Uid, nix::unistd::Gid)>) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::{setresuid, Uid};
+    let keep = Uid::from_raw(u32::MAX); // -1: leave unchanged
+    match user {
+        None => {
+            let _ = kill(child, Signal::SIGKILL);
+        }
+        Some((uid, _)) => {
+            let _ = caps::raise(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID);
+            if setresuid(keep, uid, keep).is_ok() {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = setresuid(keep, Uid::from_raw(0), keep);
+                let _ = caps::clear(None, caps::CapSet::Effective);
+            }
+        }
+    }
 }
 
 /// Waits for the dialogue and turns its end into pop-popup's exit status (a signal: 111).
