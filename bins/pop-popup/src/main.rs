@@ -1,6 +1,9 @@
 //! pop-popup: the POP3 AUTHORIZATION state in front of a checkpassword program, a drop-in for
 //! qmail-popup. `pop-popup [OPTIONS] HOSTNAME CHECKPROG SUBPROG [ARGS...]`.
 //!
+//! Two processes after start-up: the client dialogue, confined, and this one, which runs
+//! CHECKPROG for each login attempt the dialogue sends it (`spool_login::popup::split`).
+//!
 //! Exit status: 0 when the session ended normally (served, QUIT, refused login, client gone,
 //! timeout); 100 for a usage error; 111 for a system failure (capabilities, random source,
 //! client descriptors, or the checkpassword program failing temporarily or crashing).
@@ -267,7 +270,7 @@ fn real_main() -> u8 {
             }
             // Before the first request is read.
             if let Err(e) = privs::shed_capabilities().map_err(|e| e.to_string()) {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                split::kill_dialogue(child, dialogue_user);
                 split::wait_dialogue(child);
                 return fail(&e);
             }
