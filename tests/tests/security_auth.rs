@@ -271,14 +271,22 @@ fn inherited_descriptors_never_reach_pop_serve() {
     assert_eq!(c.cmd("USER u"), "+OK");
     assert!(c.cmd("PASS pw").starts_with("+OK"), "login");
     assert!(c.cmd("STAT").starts_with("+OK 1 "), "pop-serve answers");
-    // pop-serve, the user's session: pop-popup's one child.
+    // pop-popup's children: its client dialogue and pop-serve, the user's session.
     let kids = children_of(popup);
-    assert_eq!(kids.len(), 1, "pop-popup's children: {kids:?}");
-    let serve = kids[0];
-    let comm = fs::read_to_string(format!("/proc/{serve}/comm")).unwrap();
-    assert_eq!(comm.trim(), "pop-serve");
+    assert_eq!(kids.len(), 2, "pop-popup's children: {kids:?}");
+    let comm = |pid: i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    let serve = *kids
+        .iter()
+        .find(|&&k| comm(k).trim() == "pop-serve")
+        .expect("pop-serve among pop-popup's children");
+    let dialogue = *kids.iter().find(|&&k| k != serve).unwrap();
+    assert_eq!(comm(dialogue).trim(), "pop-popup");
     let mut leaks = Vec::new();
-    for (who, pid) in [("pop-serve", serve), ("pop-popup", popup)] {
+    for (who, pid) in [
+        ("pop-serve", serve),
+        ("pop-popup", popup),
+        ("pop-popup dialogue", dialogue),
+    ] {
         let fds = fds_of(pid);
         println!("{who} (pid {pid}) descriptors: {fds:?}");
         for (n, target) in fds {

@@ -106,6 +106,10 @@ struct Args {
     #[arg(long, default_value_t = checkpw::FD3_TIMEOUT.as_secs())]
     fd3_timeout: u64,
 
+    /// Refuse to run (exit 111) unless the verifier's Landlock sandbox is fully enforced.
+    #[arg(long)]
+    require_sandbox: bool,
+
     /// Where log lines go (facility mail for syslog).
     #[arg(long, default_value = "syslog")]
     log: LogTarget,
@@ -205,12 +209,11 @@ fn real_main() -> u8 {
         Err(status) => return status,
     };
     let log = Logger::new("pop-checkpassword", args.log);
-    let err = match args.config() {
-        Ok(cfg) => auth::run(&cfg, &args.prog, &log),
+    match args.config() {
+        Ok(cfg) => auth::verify::run(&cfg, &args.prog, args.require_sandbox, &log),
         Err(e) => {
             log.log(Level::Err, &e.to_string());
-            e
+            e.exit_code()
         }
-    };
-    err.exit_code()
+    }
 }

@@ -1,6 +1,9 @@
 //! pop-popup: the POP3 AUTHORIZATION state in front of a checkpassword program, a drop-in for
 //! qmail-popup. `pop-popup [OPTIONS] HOSTNAME CHECKPROG SUBPROG [ARGS...]`.
 //!
+//! Two processes after start-up: the client dialogue, confined, and this one, which runs
+//! CHECKPROG for each login attempt the dialogue sends it (`spool_login::popup::split`).
+//!
 //! Exit status: 0 when the session ended normally (served, QUIT, refused login, client gone,
 //! timeout); 100 for a usage error; 111 for a system failure (capabilities, random source,
 //! client descriptors, or the checkpassword program failing temporarily or crashing).
@@ -12,13 +15,15 @@
 use clap::Parser;
 use spool_login::popup::starttls::{FdFront, Front};
 use spool_login::popup::{
-    self, privs, ExactLineInput, ExecChecker, Expire, PopupConfig, Timestamp,
+    self, privs, split, Checker, ExactLineInput, ExecChecker, Expire, PopupConfig, Timestamp,
 };
 use spool_wire::cli;
 use spool_wire::log::{client_address, Level, LogTarget, Logger};
+use spool_wire::sandbox::Enforced;
 use spool_wire::timeio::FdOutput;
 use std::cell::RefCell;
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const PROGRAM: &str = "pop-popup";
@@ -99,6 +104,16 @@ struct Args {
     /// variables the chain sees.
     #[arg(long)]
     proxy_protocol: bool,
+
+    /// The user the client dialogue runs as when pop-popup is started as root (looked up at
+    /// start; must not have uid or gid 0).
+    #[arg(long, value_name = "USER", default_value = "nobody")]
+    dialogue_user: String,
+
+    /// Refuse the connection (`-ERR [SYS/TEMP]`, exit 111) unless the dialogue's Landlock
+    /// sandbox is fully enforced.
+    #[arg(long)]
+    require_sandbox: bool,
 
     /// The name in the greeting's timestamp: letters, digits and . @ _ + / - only.
     hostname: String,
@@ -183,10 +198,11 @@ fn real_main() -> u8 {
         Err(e) => return fail(&format!("TLS front: {e}")),
     };
 
-    // Before the first byte from the network.
-    if let Err(e) = privs::shed_capabilities() {
-        return fail(&e.to_string());
-    }
+    // The dialogue's user, looked up while NSS can still be reached.
+    let dialogue_user = match split::lookup_user(&args.dialogue_user) {
+        Ok(u) => u,
+        Err(e) => return fail(&e),
+    };
     if let Err(e) = privs::forbid_core_dumps() {
         return fail(&format!("cannot forbid core dumps: {e}"));
     }
@@ -224,7 +240,7 @@ fn real_main() -> u8 {
     keepalive(&log, &addr, args.tcp_keepalive);
 
     // Held until pop-popup, the parent of the whole session, exits.
-    let _slots = match popup::slots::take_for(
+    let slots = match popup::slots::take_for(
         &args.slot_dir,
         &addr,
         args.max_per_source,
@@ -258,15 +274,128 @@ fn real_main() -> u8 {
         login_delay: args.login_delay,
         allow_plaintext: args.allow_plaintext,
     };
+
+    // Privilege separation (see spool_login::popup::split): the client dialogue in a
+    // confined child, the checkpassword program run from here.
+    let (mine, theirs) = match split::channel() {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("socketpair: {e}")),
+    };
+    let front_fds = front.keep();
+    match split::fork_dialogue() {
+        Err(e) => fail(&format!("cannot fork the dialogue: {e}")),
+        Ok(None) => {
+            drop(mine);
+            drop(slots);
+            dialogue(Dialogue {
+                sock: theirs,
+                front,
+                stamp: &stamp,
+                cfg: &cfg,
+                log: &log,
+                addr: &addr,
+                user: dialogue_user,
+                require_sandbox: args.require_sandbox,
+            })
+        }
+        Ok(Some(child)) => {
+            drop(theirs);
+            // The front's descriptors belong to the dialogue: tlswrapper starts TLS only
+            // when every copy of its control pipe is closed.
+            for fd in front_fds {
+                let _ = nix::unistd::close(fd);
+            }
+            // Before the first request is read.
+            if let Err(e) = privs::shed_capabilities().map_err(|e| e.to_string()) {
+                split::kill_dialogue(child, dialogue_user);
+                split::wait_dialogue(child);
+                return fail(&e);
+            }
+            if let Err(e) = split::send_go(&mine) {
+                let _ = fail(&format!("dialogue: {e}"));
+            }
+            let code = serve_checks(
+                mine,
+                &mut checker,
+                &stamp,
+                &log,
+                &addr,
+                child,
+                dialogue_user,
+            );
+            drop(slots);
+            code
+        }
+    }
+}
+
+/// What the dialogue child is given.
+struct Dialogue<'a> {
+    sock: std::os::fd::OwnedFd,
+    front: Front,
+    stamp: &'a Timestamp,
+    cfg: &'a PopupConfig,
+    log: &'a Logger,
+    addr: &'a str,
+    user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    require_sandbox: bool,
+}
+
+/// The client dialogue, in the child: confines itself, then runs the AUTHORIZATION state,
+/// asking the parent for every check. Returns pop-popup's exit status.
+fn dialogue(d: Dialogue<'_>) -> u8 {
+    let (log, addr) = (d.log, d.addr);
+    let refuse = |why: &str| {
+        log.log(Level::Err, &format!("addr={addr} {why}"));
+        if let Ok(mut out) = FdOutput::new(1, popup::AUTH_WRITE_TIMEOUT) {
+            let _ = std::io::Write::write_all(&mut out, b"-ERR [SYS/TEMP] sandbox unavailable\r\n");
+            let _ = std::io::Write::flush(&mut out);
+        }
+        111
+    };
+    match split::confine_dialogue(d.user) {
+        Ok(c) => {
+            let s = &c.sandbox;
+            let bounding = if c.bounding_kept {
+                " bounding set kept (no CAP_SETPCAP)"
+            } else {
+                ""
+            };
+            if s.landlock != Enforced::Full && d.require_sandbox {
+                return refuse(&format!("--require-sandbox: {s}"));
+            }
+            let level = if s.landlock == Enforced::Full {
+                Level::Debug
+            } else {
+                Level::Info
+            };
+            log.log(level, &format!("addr={addr} dialogue {s}{bounding}"));
+        }
+        Err(e) => return refuse(&format!("cannot confine the dialogue: {e}")),
+    }
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::run(log);
+    // Nothing reaches the client before the parent has shed its capabilities.
+    if let Err(e) = split::wait_go(&d.sock) {
+        log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
+        return 111;
+    }
+    let mut checker = split::ParentChecker::new(d.sock);
     let mut input = match ExactLineInput::new(0) {
         Ok(i) => i,
-        Err(e) => return fail(&format!("cannot use stdin: {e}")),
+        Err(e) => {
+            log.log(Level::Err, &format!("addr={addr} cannot use stdin: {e}"));
+            return 111;
+        }
     };
     let mut out = match FdOutput::new(1, popup::AUTH_WRITE_TIMEOUT) {
         Ok(o) => o,
-        Err(e) => return fail(&format!("cannot use stdout: {e}")),
+        Err(e) => {
+            log.log(Level::Err, &format!("addr={addr} cannot use stdout: {e}"));
+            return 111;
+        }
     };
-    let front = RefCell::new(FdFront::new(front));
+    let front = RefCell::new(FdFront::new(d.front));
     // Every line carries the TLS state as of its writing (tls=PROTOCOL/CIPHER or tls=no).
     let tag = || front.borrow().log_tag();
     let mut log_line = |level, line: &str| log.log(level, &format!("addr={addr} {} {line}", tag()));
@@ -275,14 +404,74 @@ fn real_main() -> u8 {
         &mut out,
         &mut checker,
         &mut Shared(&front),
-        &cfg,
-        &stamp,
+        d.cfg,
+        d.stamp,
         &mut log_line,
     );
     if !matches!(end, popup::End::Served { .. }) {
         log_line(end.level(), &format!("end: {end}"));
     }
     end.exit_code()
+}
+
+/// The parent's whole job after the fork: one check per request of the dialogue, with the
+/// dialogue's descriptors 0 and 1 and its allowed environment changes, until it ends.
+/// Returns pop-popup's exit status (the dialogue's).
+fn serve_checks(
+    sock: std::os::fd::OwnedFd,
+    checker: &mut ExecChecker,
+    stamp: &Timestamp,
+    log: &Logger,
+    addr: &str,
+    child: nix::unistd::Pid,
+    user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> u8 {
+    loop {
+        let got = match split::receive(&sock) {
+            Ok(Some(g)) => g,
+            Ok(None) => break,
+            Err(e) => {
+                log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
+                split::kill_dialogue(child, user);
+                break;
+            }
+        };
+        let status = if got.request.timestamp() != stamp.as_str().as_bytes() {
+            log.log(
+                Level::Err,
+                &format!("addr={addr} dialogue: a request with another timestamp"),
+            );
+            popup::CheckStatus::SpawnFailed("bad request".into())
+        } else {
+            let [r, w] = &got.fds;
+            match nix::unistd::dup2(r.as_raw_fd(), 0)
+                .and_then(|_| nix::unistd::dup2(w.as_raw_fd(), 1))
+            {
+                Err(e) => popup::CheckStatus::SpawnFailed(format!("dup2: {e}")),
+                Ok(_) => {
+                    let refused = split::apply_env(&got.request.env);
+                    if !refused.is_empty() {
+                        log.log(
+                            Level::Warning,
+                            &format!(
+                                "addr={addr} dialogue: environment names ignored: {}",
+                                refused.join(",")
+                            ),
+                        );
+                    }
+                    checker.check(&got.request.payload)
+                }
+            }
+        };
+        drop(got);
+        if let Err(e) = split::reply(&sock, &status) {
+            log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
+            break;
+        }
+    }
+    // Closed first: a dialogue waiting for a reply sees the end rather than waiting forever.
+    drop(sock);
+    split::wait_dialogue(child)
 }
 
 /// Keepalive on the client's TCP socket, shared by every program of the chain after us.

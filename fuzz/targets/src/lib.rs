@@ -16,6 +16,7 @@ pub mod auth_http;
 pub mod checkpw_fd3;
 pub mod command_parse;
 pub mod line_buffer;
+pub mod login_split;
 pub mod maildir_index;
 pub mod maildir_names;
 pub mod mbox_index;
@@ -84,6 +85,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "auth_http",
         run: auth_http::run,
+    },
+    Target {
+        name: "login_split",
+        run: login_split::run,
     },
 ];
 

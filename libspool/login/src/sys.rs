@@ -62,3 +62,28 @@ pub(crate) fn in_forked_child(f: fn() -> i32) -> nix::sys::wait::WaitStatus {
         ForkResult::Parent { child } => nix::sys::wait::waitpid(child, None).unwrap(),
     }
 }
+
+/// Forks a process that has a single thread, so that the child may allocate and take locks
+/// like any program. Refuses when the process has more than one thread (counted in
+/// /proc/self/task), since another thread could hold a lock the child would then wait on
+/// forever.
+pub(crate) fn fork_single_threaded() -> std::io::Result<ForkResult> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "{threads} threads: cannot fork safely"
+        )));
+    }
+    // SAFETY: the process has one thread (checked just above, and nothing started since), so
+    // no lock can be held by a thread that does not exist in the child.
+    unsafe { fork() }.map_err(std::io::Error::from)
+}
+
+/// Takes ownership of a descriptor the kernel just installed for a received `SCM_RIGHTS`
+/// message, so it is closed when dropped.
+pub(crate) fn own_received(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed `fd` in this process's table for the message just
+    // received; nothing else refers to it, so this is its only owner.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

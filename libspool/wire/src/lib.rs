@@ -15,4 +15,6 @@ pub mod proxy;
 pub mod sandbox;
 pub mod sock;
 pub mod start;
+#[cfg(debug_assertions)]
+pub mod testhooks;
 pub mod timeio;

@@ -4,7 +4,8 @@
 //! The steps, each in its own module: [`checkpw`] reads fd 3; [`system`] or [`passwdfile`]
 //! looks the user up and applies account policy; [`crypt`] (libcrypt) and [`apop`] check the
 //! secret in constant time; [`drop`] becomes the user for good; [`exec`] scrubs the environment
-//! and execs the next program. [`run`] chains them; every failure is one [`AuthError`], whose
+//! and execs the next program. [`run`] chains them in one process, [`verify::run`] in two
+//! (the fd-3 payload parsed and the password checked in a confined child); every failure is one [`AuthError`], whose
 //! [`AuthError::exit_code`] is the only place exit codes are chosen.
 
 pub mod apop;
@@ -17,6 +18,7 @@ pub mod lines;
 pub mod passwdfile;
 pub mod system;
 pub mod token;
+pub mod verify;
 pub mod vhost;
 
 use spool_wire::log::{Level, Logger};

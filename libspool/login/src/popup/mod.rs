@@ -16,6 +16,7 @@ pub mod privs;
 pub mod proxy;
 pub mod sasl;
 pub mod slots;
+pub mod split;
 pub mod stamp;
 pub mod starttls;
 
