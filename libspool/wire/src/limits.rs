@@ -64,3 +64,13 @@ pub const MAX_UIDL_LEN: usize = 70;
 /// and one message per measuring thread (at most four). 64 leaves room, and bounds what a
 /// subverted session could hold open.
 pub const SERVE_MAX_OPEN_FILES: u64 = 64;
+
+/// `RLIMIT_NOFILE` of a confined pop-deliver (soft and hard), for its fixed needs: stdin,
+/// stdout, stderr, the syslog socket, the temporary file, one mailbox with its directory,
+/// dotlock, journal, `.tmp` and index, or a Maildir's four directories and one message. The
+/// limit is this plus [`DELIVER_OPEN_FILES_PER_TARGET`] for each target.
+pub const DELIVER_MAX_OPEN_FILES: u64 = 32;
+
+/// What each target of pop-deliver adds to [`DELIVER_MAX_OPEN_FILES`]: the directory root
+/// holds open for an explicit target, or the socket of its lock broker.
+pub const DELIVER_OPEN_FILES_PER_TARGET: u64 = 2;

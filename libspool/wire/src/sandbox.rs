@@ -14,6 +14,7 @@ use landlock::{
 };
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 pub use landlock::{AccessFs as Fs, BitFlags};
@@ -166,9 +167,10 @@ pub fn tree_rw() -> BitFlags<AccessFs> {
 }
 
 /// A Landlock ruleset under construction: everything is denied except what is allowed.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Sandbox {
     rules: Vec<(PathBuf, BitFlags<AccessFs>)>,
+    held: Vec<(OwnedFd, BitFlags<AccessFs>)>,
 }
 
 impl Sandbox {
@@ -181,6 +183,14 @@ impl Sandbox {
     /// does not exist when the ruleset is applied gets no rule, so it stays out of reach.
     pub fn allow(mut self, path: impl Into<PathBuf>, rights: BitFlags<AccessFs>) -> Sandbox {
         self.rules.push((path.into(), rights));
+        self
+    }
+
+    /// Grants `rights` on what `fd` (opened by the caller, `O_PATH` or not) refers to and,
+    /// for a directory, everything beneath it: for a directory reached without following a
+    /// symlink a user controls, which a path given to [`Sandbox::allow`] would follow.
+    pub fn allow_fd(mut self, fd: OwnedFd, rights: BitFlags<AccessFs>) -> Sandbox {
+        self.held.push((fd, rights));
         self
     }
 
@@ -261,10 +271,70 @@ impl Sandbox {
                 .add_rule(PathBeneath::new(fd, rights))
                 .map_err(|e| format!("landlock: {}: {e}", path.display()))?;
         }
+        for (fd, rights) in &self.held {
+            let is_dir = fd
+                .try_clone()
+                .and_then(|d| std::fs::File::from(d).metadata())
+                .map(|m| m.is_dir())
+                .map_err(|e| format!("landlock: a held descriptor: {e}"))?;
+            let mut rights = *rights & handled;
+            if !is_dir {
+                rights &= AccessFs::from_file(asked);
+            }
+            if rights.is_empty() {
+                continue;
+            }
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(fd.as_fd(), rights))
+                .map_err(|e| format!("landlock: a held descriptor: {e}"))?;
+        }
         ruleset
             .restrict_self()
             .map(|s| s.ruleset)
             .map_err(|e| format!("landlock: {e}"))
+    }
+}
+
+/// Test-only hooks, compiled into debug builds alone (release builds have none), run by a
+/// program once it is confined: `POPSPOOL_TEST_OPEN=PATH[:PATH...]` opens each PATH for
+/// reading and `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or
+/// `test-open PATH: errno N (...)` (`test-exec` alike), so tests can show from outside what
+/// the sandbox refuses.
+#[cfg(debug_assertions)]
+pub mod test_hooks {
+    use crate::log::{Level, Logger};
+
+    /// Runs the hooks the environment asks for, logging each outcome through `log`.
+    pub fn run(log: &Logger) {
+        if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
+            for p in std::env::split_paths(&list) {
+                let r = std::fs::File::open(&p).map(drop);
+                report(log, "test-open", p.as_os_str(), r);
+            }
+        }
+        if let Some(p) = std::env::var_os("POPSPOOL_TEST_EXEC") {
+            // Pipes, not /dev/null: opening /dev/null is refused too, and would hide
+            // whether the exec itself is.
+            let r = std::process::Command::new(&p)
+                .env_clear()
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .map(drop);
+            report(log, "test-exec", &p, r);
+        }
+    }
+
+    fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>) {
+        let outcome = match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("errno {} ({e})", e.raw_os_error().unwrap_or(0)),
+        };
+        log.log(
+            Level::Info,
+            &format!("{what} {}: {outcome}", p.to_string_lossy()),
+        );
     }
 }
 
