@@ -117,7 +117,7 @@ fn add(c: &mut Confinement, path: &Path, rights: BitFlags<Fs>) {
 
 /// Grants `rights` on `base/rel`, opened without following a symlink.
 fn grant_dir(c: &mut Confinement, base: &Path, rel: &Path, rights: BitFlags<Fs>) {
-    if let Some(d) = super::pinned::open_dir_nofollow(base, rel) {
+    if let Some(d) = spool_store::maildir::dirent::open_dir_nofollow(base, rel) {
         if let Ok(fd) = d.as_fd().try_clone_to_owned() {
             c.sandbox = std::mem::take(&mut c.sandbox).allow_fd(fd, rights);
         }

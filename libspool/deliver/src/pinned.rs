@@ -53,31 +53,6 @@ impl Pinned {
     }
 }
 
-/// Opens `base` (the administrator's: resolved as usual, symlinks included) and then each
-/// component of `rel` below it, never following a symlink: the directory, or `None` when it is missing, not a
-/// directory, a symlink anywhere on `rel`, or `rel` climbs with `..`. For granting a
-/// confined root the directories it works in without letting a user who controls a
-/// component of the name point it elsewhere.
-pub fn open_dir_nofollow(base: &Path, rel: &Path) -> Option<Dir> {
-    let base = std::fs::canonicalize(base).ok()?;
-    let mut dir = match Dir::open(&base) {
-        Ok(Opened::Dir(d)) => d,
-        _ => return None,
-    };
-    for c in rel.components() {
-        let step = match c {
-            Component::RootDir | Component::CurDir => continue,
-            Component::Normal(n) => n.as_bytes(),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        };
-        dir = match dir.open_dir(step) {
-            Ok(Opened::Dir(d)) => d,
-            _ => return None,
-        };
-    }
-    Some(dir)
-}
-
 /// Resolves `path` as the module describes and pins the directory holding its last component.
 pub fn pin(path: &Path) -> Result<Pinned, DeliverError> {
     let mut comps: Vec<Component<'_>> = path.components().collect();

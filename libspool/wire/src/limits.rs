@@ -74,3 +74,8 @@ pub const DELIVER_MAX_OPEN_FILES: u64 = 32;
 /// What each target of pop-deliver adds to [`DELIVER_MAX_OPEN_FILES`]: the directory root
 /// holds open for an explicit target, or the socket of its lock broker.
 pub const DELIVER_OPEN_FILES_PER_TARGET: u64 = 2;
+
+/// `RLIMIT_NOFILE` of a confined pop-spool (soft and hard): it works on one mailbox at a time
+/// (two for migrate), each with its lock, journal, index and their temporary files, and a
+/// directory walk a few levels deep.
+pub const SPOOL_MAX_OPEN_FILES: u64 = 64;

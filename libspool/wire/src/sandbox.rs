@@ -299,13 +299,18 @@ impl Sandbox {
 /// program once it is confined: `POPSPOOL_TEST_OPEN=PATH[:PATH...]` opens each PATH for
 /// reading and `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or
 /// `test-open PATH: errno N (...)` (`test-exec` alike), so tests can show from outside what
-/// the sandbox refuses.
+/// the sandbox refuses; `POPSPOOL_TEST_NNP` (any value) logs `test-no-new-privs: 0|1`, for a
+/// program too short-lived to be seen in /proc.
 #[cfg(debug_assertions)]
 pub mod test_hooks {
     use crate::log::{Level, Logger};
 
     /// Runs the hooks the environment asks for, logging each outcome through `log`.
     pub fn run(log: &Logger) {
+        if std::env::var_os("POPSPOOL_TEST_NNP").is_some() {
+            let v = u8::from(super::has_no_new_privs());
+            log.log(Level::Info, &format!("test-no-new-privs: {v}"));
+        }
         if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
             for p in std::env::split_paths(&list) {
                 let r = std::fs::File::open(&p).map(drop);
