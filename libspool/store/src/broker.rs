@@ -102,11 +102,6 @@ pub fn pid_for(mailbox: &Path) -> Option<u32> {
         .map(|b| b.pid)
 }
 
-/// Whether any broker was started in this process.
-pub fn started() -> bool {
-    !BROKERS.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-}
-
 /// Runs `helper verb mailbox` through the broker. `None` when no broker was started (the
 /// caller runs the helper itself); an error when the request is not the one the broker was
 /// started for or the broker is gone. Otherwise the helper's exit status (-1: not a normal
