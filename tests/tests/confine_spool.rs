@@ -129,6 +129,8 @@ fn each_subcommand_reaches_what_it_names() {
     assert_eq!(code, 0, "{out}{log}");
     assert!(out.contains("recover: 1 mailboxes"), "{out}{log}");
     assert!(log.contains("test-no-new-privs: 1"), "{log}");
+    // SPOOL_MAX_OPEN_FILES.
+    assert!(log.contains("test-nofile: 64 64"), "{log}");
     assert!(!log.contains("landlock:"), "not fully enforced: {log}");
     assert_denied(&log, "test-open", passwd);
     assert_denied(&log, "test-open", &t.beside);

@@ -299,8 +299,9 @@ impl Sandbox {
 /// program once it is confined: `POPSPOOL_TEST_OPEN=PATH[:PATH...]` opens each PATH for
 /// reading and `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or
 /// `test-open PATH: errno N (...)` (`test-exec` alike), so tests can show from outside what
-/// the sandbox refuses; `POPSPOOL_TEST_NNP` (any value) logs `test-no-new-privs: 0|1`, for a
-/// program too short-lived to be seen in /proc.
+/// the sandbox refuses; `POPSPOOL_TEST_NNP` (any value) logs `test-no-new-privs: 0|1` and
+/// `test-nofile: SOFT HARD` (`RLIMIT_NOFILE`), for a program too short-lived to be seen in
+/// /proc.
 #[cfg(debug_assertions)]
 pub mod test_hooks {
     use crate::log::{Level, Logger};
@@ -310,6 +311,11 @@ pub mod test_hooks {
         if std::env::var_os("POPSPOOL_TEST_NNP").is_some() {
             let v = u8::from(super::has_no_new_privs());
             log.log(Level::Info, &format!("test-no-new-privs: {v}"));
+            if let Ok((soft, hard)) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            {
+                log.log(Level::Info, &format!("test-nofile: {soft} {hard}"));
+            }
         }
         if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
             for p in std::env::split_paths(&list) {
