@@ -89,6 +89,12 @@ struct Args {
     /// Where the per-delivery log line goes: syslog (facility mail), stderr or none.
     #[arg(long, default_value = "syslog")]
     log: LogTarget,
+
+    /// Refuse to deliver (a temporary failure: exit 75, or 111 with --qmail-exit-codes)
+    /// unless the kernel fully enforces the Landlock sandbox (see CONFINEMENT in
+    /// pop-deliver(8)).
+    #[arg(long)]
+    require_sandbox: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -107,6 +113,42 @@ fn default_helper() -> Option<PathBuf> {
 fn fail(e: &DeliverError, qmail: bool) -> ExitCode {
     eprintln!("pop-deliver: {}", deliver::one_line(&e.to_string()));
     ExitCode::from(e.exit_code(qmail) as u8)
+}
+
+/// Starts the lock brokers the targets need, then confines the process: no_new_privs,
+/// `RLIMIT_NOFILE`, Landlock (see CONFINEMENT in pop-deliver(8)). An error when a broker
+/// cannot be started, no_new_privs or the limit cannot be set, or `require` and Landlock is
+/// not fully enforced.
+fn confine(
+    prepared: &[deliver::Prepared],
+    opts: &DeliverOptions,
+    log: &Logger,
+    require: bool,
+) -> Result<(), String> {
+    use spool_wire::limits::{DELIVER_MAX_OPEN_FILES, DELIVER_OPEN_FILES_PER_TARGET};
+    use spool_wire::log::Level;
+    use spool_wire::sandbox::{self, Enforced};
+    let c = deliver::confine::confinement(prepared, opts);
+    if let Some(helper) = &opts.dotlock_helper {
+        for mailbox in &c.brokers {
+            spool_store::broker::start(helper, mailbox)
+                .map_err(|e| format!("cannot start the lock broker: {e}"))?;
+        }
+    }
+    sandbox::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    let files = DELIVER_MAX_OPEN_FILES
+        .saturating_add(DELIVER_OPEN_FILES_PER_TARGET.saturating_mul(prepared.len() as u64));
+    sandbox::max_open_files(files).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let status = c
+        .sandbox
+        .restrict()
+        .unwrap_or_else(|e| sandbox::Status::none(format!("no_new_privs: {e}")));
+    match status.landlock {
+        Enforced::Full => log.log(Level::Debug, &status.to_string()),
+        _ if require => return Err(format!("--require-sandbox: {status}")),
+        _ => log.log(Level::Info, &status.to_string()),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -175,8 +217,24 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| PathBuf::from("/tmp")),
     };
     let log = Logger::new("pop-deliver", args.log);
+    // Everything that reads the system's databases or creates the temporary file happens
+    // first; then the process confines itself, before it reads the message.
+    let prepared = deliver::prepare(&targets, &opts);
+    let tmp = match deliver::spool::anonymous_file(&opts.tmp_dir) {
+        Ok(f) => f,
+        Err(e) => return fail(&DeliverError::Io("create a temporary file", e), qmail),
+    };
+    if let Err(e) = confine(&prepared, &opts, &log, args.require_sandbox) {
+        log.log(spool_wire::log::Level::Err, &e);
+        return fail(
+            &DeliverError::Io("confine the delivery", std::io::Error::other(e)),
+            qmail,
+        );
+    }
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::run(&log);
     let mut stdin = std::io::stdin().lock();
-    match deliver::run(&targets, &opts, &mut stdin, &log) {
+    match deliver::deliver_prepared(prepared, tmp, &opts, &mut stdin, &log) {
         Ok(report) => {
             if let Some(line) = report.reason_line() {
                 eprintln!("pop-deliver: {line}");

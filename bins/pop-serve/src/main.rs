@@ -273,7 +273,7 @@ fn real_main() -> u8 {
         }
     };
     #[cfg(debug_assertions)]
-    test_hooks::run(&log);
+    spool_wire::testhooks::run(&log);
 
     let opened = if empty_mbox {
         Ok(Box::new(spool_store::mailbox::EmptyMailbox) as Box<dyn spool_store::mailbox::Mailbox>)
@@ -397,47 +397,6 @@ fn confine_session(
     });
     let empty_mbox = matches!(spec, MailboxSpec::Mbox(_)) && !needs_state;
     Ok((status, empty_mbox))
-}
-
-/// Test-only hooks, compiled into debug builds alone (release builds have none): after
-/// confinement, `POPSPOOL_TEST_OPEN=PATH[:PATH...]` opens each PATH for reading and
-/// `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or the error, so the
-/// tests can show from outside what the sandbox refuses.
-#[cfg(debug_assertions)]
-mod test_hooks {
-    use spool_wire::log::{Level, Logger};
-
-    pub fn run(log: &Logger) {
-        if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
-            for p in std::env::split_paths(&list) {
-                let r = std::fs::File::open(&p).map(drop);
-                report(log, "test-open", p.as_os_str(), r);
-            }
-        }
-        if let Some(p) = std::env::var_os("POPSPOOL_TEST_EXEC") {
-            // Pipes, not /dev/null: opening /dev/null is refused too, and would hide
-            // whether the exec itself is.
-            let r = std::process::Command::new(&p)
-                .env_clear()
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .output()
-                .map(drop);
-            report(log, "test-exec", &p, r);
-        }
-    }
-
-    fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>) {
-        let outcome = match r {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("errno {} ({e})", e.raw_os_error().unwrap_or(0)),
-        };
-        log.log(
-            Level::Info,
-            &format!("{what} {}: {outcome}", p.to_string_lossy()),
-        );
-    }
 }
 
 /// `pop-dotlock` installed beside this program.

@@ -1,6 +1,7 @@
 //! pop-spool: administration of the hashed mail spool. All logic is in `spool_admin`.
 
 use clap::{Parser, Subcommand};
+use spool_admin::confine::Use;
 use spool_admin::{
     self as admin, check, create, expire, index, migrate, recover, stats, AdminError, Layout,
     StateDirs, Ui,
@@ -27,6 +28,10 @@ struct Args {
     /// Seconds to wait for each mailbox's content lock.
     #[arg(long, global = true, default_value_t = spool_wire::limits::CONTENT_LOCK_WAIT.as_secs())]
     lock_timeout: u64,
+    /// Refuse to run (exit 111) unless the kernel fully enforces the Landlock sandbox (see
+    /// CONFINEMENT in pop-spool(8)).
+    #[arg(long, global = true)]
+    require_sandbox: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -119,12 +124,112 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The trees a subcommand names, how it uses them, and how it uses the state directories.
+fn reach(args: &Args, state: &StateDirs) -> (Vec<(PathBuf, Use)>, Option<Use>) {
+    let rw = |dry: bool| if dry { Use::Read } else { Use::Write };
+    let spool = args.spool_dir.clone();
+    match &args.cmd {
+        Cmd::Path { .. } => (Vec::new(), None),
+        Cmd::Create { .. } => (vec![(spool, Use::Write)], None),
+        Cmd::Migrate {
+            from, to, dry_run, ..
+        } => {
+            let to = to.clone().unwrap_or(spool);
+            let _ = state;
+            (
+                vec![(from.clone(), rw(*dry_run)), (to, rw(*dry_run))],
+                Some(rw(*dry_run)),
+            )
+        }
+        Cmd::Check { fix, .. } => (vec![(spool, rw(!fix))], Some(rw(!fix))),
+        Cmd::Stats { .. } => (vec![(spool, Use::Read)], None),
+        Cmd::Expire { .. } | Cmd::Index { .. } | Cmd::Recover { .. } => {
+            (vec![(spool, Use::Write)], Some(Use::Write))
+        }
+    }
+}
+
+/// The users a subcommand may work for: those named, else every mailbox of the spool (for
+/// migrate, of the flat spool it moves).
+fn names(args: &Args, layout: &Layout) -> Vec<Vec<u8>> {
+    let named = |users: &[OsString]| -> Vec<Vec<u8>> {
+        users.iter().map(|u| u.as_bytes().to_vec()).collect()
+    };
+    let every = || -> Vec<Vec<u8>> {
+        admin::walk(layout)
+            .map(|w| w.mailboxes.into_iter().map(|(n, _)| n).collect())
+            .unwrap_or_default()
+    };
+    match &args.cmd {
+        Cmd::Path { .. } | Cmd::Stats { .. } => Vec::new(),
+        Cmd::Create { users, .. } => named(users),
+        Cmd::Migrate { from, .. } => std::fs::read_dir(from)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Cmd::Check { all, users, .. }
+        | Cmd::Expire { all, users, .. }
+        | Cmd::Index { all, users }
+        | Cmd::Recover { all, users } => {
+            if *all || users.is_empty() {
+                every()
+            } else {
+                named(users)
+            }
+        }
+    }
+}
+
+/// Looks up every user first, then confines the process: no_new_privs, `RLIMIT_NOFILE`,
+/// Landlock over what the subcommand names (see CONFINEMENT in pop-spool(8)). The status is
+/// said on stderr unless Landlock is fully enforced; with `--require-sandbox` anything less
+/// is an error.
+fn confine(
+    args: &Args,
+    layout: &Layout,
+    state: &StateDirs,
+    ui: &mut Ui<'_>,
+) -> Result<(), AdminError> {
+    use spool_wire::sandbox::{self, Enforced};
+    let names = names(args, layout);
+    admin::prefetch(names.iter().map(Vec::as_slice));
+    let (trees, state_use) = reach(args, state);
+    let users = admin::prefetched_users();
+    let sb = admin::confine::sandbox(&trees, state_use.map(|u| (state, u)), &users);
+    let err = |what: &str, e: std::io::Error| AdminError::Io(what.to_string(), e);
+    sandbox::no_new_privs().map_err(|e| err("set no_new_privs", e))?;
+    sandbox::max_open_files(spool_wire::limits::SPOOL_MAX_OPEN_FILES)
+        .map_err(|e| err("set RLIMIT_NOFILE", e))?;
+    let status = sb
+        .restrict()
+        .unwrap_or_else(|e| sandbox::Status::none(format!("no_new_privs: {e}")));
+    if status.landlock != Enforced::Full {
+        if args.require_sandbox {
+            return Err(AdminError::Io(
+                format!("--require-sandbox: {status}"),
+                std::io::Error::other("refusing to run unconfined"),
+            ));
+        }
+        ui.warn(&status.to_string());
+    }
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::run(&spool_wire::log::Logger::new(
+        "pop-spool",
+        spool_wire::log::LogTarget::Stderr,
+    ));
+    Ok(())
+}
+
 fn run(args: Args, ui: &mut Ui<'_>) -> Result<i32, AdminError> {
     let layout = Layout::new(args.spool_dir.clone(), args.hash_depth)?;
     let state = match &args.state_dir {
         Some(d) => StateDirs::Fixed(d.clone()),
         None => StateDirs::Home,
     };
+    confine(&args, &layout, &state, ui)?;
     let lock_wait = Duration::from_secs(args.lock_timeout);
     match args.cmd {
         Cmd::Path { user } => {

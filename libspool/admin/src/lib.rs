@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod confine;
 pub mod create;
 pub mod expire;
 pub mod index;
@@ -246,8 +247,61 @@ pub struct PwUser {
     pub home: PathBuf,
 }
 
+/// Answers looked up before the process confined itself ([`prefetch`]): users by name, the
+/// groups of each, the mail group.
+#[derive(Default)]
+struct Looked {
+    users: std::collections::HashMap<Vec<u8>, Option<PwUser>>,
+    accounts: std::collections::HashMap<String, Account>,
+    groups: std::collections::HashMap<String, u32>,
+}
+
+static LOOKED: std::sync::Mutex<Option<Looked>> = std::sync::Mutex::new(None);
+
+fn looked<T>(f: impl FnOnce(&mut Looked) -> T) -> T {
+    let mut g = LOOKED.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Looked::default))
+}
+
+/// Looks up `names` (their password entries and, as root, their groups) and the mail group
+/// now, so that a confined `pop-spool`, which may no longer read the databases, has the
+/// answers. Failures are not kept: the later lookup reports them.
+pub fn prefetch<'a>(names: impl IntoIterator<Item = &'a [u8]>) {
+    let _ = lookup_group(MAIL_GROUP);
+    for n in names {
+        if let Ok(Some(pw)) = lookup_user(n) {
+            if is_root() {
+                let _ = account_of(&pw);
+            }
+        }
+    }
+}
+
+/// The users [`prefetch`] found, for the state directories a confined run may reach.
+pub fn prefetched_users() -> Vec<PwUser> {
+    looked(|l| l.users.values().flatten().cloned().collect())
+}
+
+fn account_of(pw: &PwUser) -> io::Result<Account> {
+    if let Some(a) = looked(|l| l.accounts.get(&pw.name).cloned()) {
+        return Ok(a);
+    }
+    let a = Account::lookup(&pw.name, pw.uid, pw.gid)?;
+    looked(|l| l.accounts.insert(pw.name.clone(), a.clone()));
+    Ok(a)
+}
+
 /// `getpwnam`: `Ok(None)` when there is no such user.
 pub fn lookup_user(name: &[u8]) -> Result<Option<PwUser>, AdminError> {
+    if let Some(u) = looked(|l| l.users.get(name).cloned()) {
+        return Ok(u);
+    }
+    let u = lookup_user_now(name)?;
+    looked(|l| l.users.insert(name.to_vec(), u.clone()));
+    Ok(u)
+}
+
+fn lookup_user_now(name: &[u8]) -> Result<Option<PwUser>, AdminError> {
     let Ok(s) = std::str::from_utf8(name) else {
         return Ok(None);
     };
@@ -268,8 +322,14 @@ pub fn lookup_user(name: &[u8]) -> Result<Option<PwUser>, AdminError> {
 
 /// `getgrnam(group)`'s gid.
 pub fn lookup_group(name: &str) -> Result<u32, AdminError> {
+    if let Some(g) = looked(|l| l.groups.get(name).copied()) {
+        return Ok(g);
+    }
     match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(Some(g)) => {
+            looked(|l| l.groups.insert(name.to_string(), g.gid.as_raw()));
+            Ok(g.gid.as_raw())
+        }
         Ok(None) => Err(AdminError::Usage(format!("no group {name:?}"))),
         Err(e) => Err(AdminError::Io(
             format!("look up group {name:?}"),
@@ -306,14 +366,13 @@ pub struct StateDir {
 
 impl StateDir {
     fn new(dir: PathBuf, owner: Option<PwUser>) -> Result<StateDir, AdminError> {
-        let account = match &owner {
-            Some(pw) if is_root() => {
-                Some(Account::lookup(&pw.name, pw.uid, pw.gid).map_err(|e| {
+        let account =
+            match &owner {
+                Some(pw) if is_root() => Some(account_of(pw).map_err(|e| {
                     AdminError::Io(format!("look up the groups of {:?}", pw.name), e)
-                })?)
-            }
-            _ => None,
-        };
+                })?),
+                _ => None,
+            };
         Ok(StateDir {
             dir,
             owner,

@@ -17,6 +17,7 @@
 //!
 //! Everything returned as an error leaves the mailbox as it was.
 
+pub mod confine;
 pub mod maildir;
 pub mod mbox;
 pub mod pinned;
@@ -31,7 +32,9 @@ use spool_store::mailbox::MailboxSpec;
 use spool_store::userfs::{Account, AsUser};
 use spool_wire::log::{Level, Logger};
 use std::fmt;
+use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -371,10 +374,7 @@ impl Identity {
     }
 }
 
-/// Spools `input`, then delivers to every target. `Err` only for problems with the input
-/// itself (or spooling it), which concern all targets alike. As root, a user's state
-/// directory is entered with the user's file-system identity ([`spool_store::userfs::AsUser`],
-/// switched for the calling thread only).
+/// Spools `input`, then delivers to every target: [`prepare`] then [`deliver_prepared`].
 pub fn run(
     targets: &[Target],
     opts: &DeliverOptions,
@@ -384,16 +384,167 @@ pub fn run(
     if targets.is_empty() {
         return Err(DeliverError::Usage("no recipient given".into()));
     }
-    let spooled = spool::spool(input, &opts.tmp_dir, opts.rules, &interrupted)?;
+    let tmp = spool::anonymous_file(&opts.tmp_dir)
+        .map_err(|e| DeliverError::Io("create a temporary file", e))?;
+    deliver_prepared(prepare(targets, opts), tmp, opts, input, log)
+}
+
+/// A target with everything looked up that needs the password and group databases, and, as
+/// root, an explicit target's directory pinned: what a confined process can no longer do.
+#[derive(Debug)]
+pub struct Prepared {
+    target: Target,
+    plan: Result<Plan, DeliverError>,
+}
+
+#[derive(Debug)]
+enum Plan {
+    /// A user's mbox in the hashed spool.
+    Spool {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        state_dir: PathBuf,
+        /// As root: whose file-system identity replays the user's journal.
+        state_owner: Option<Account>,
+    },
+    /// An explicit `mbox:`/`maildir:` target.
+    Explicit {
+        spec: MailboxSpec,
+        /// As root ([`pinned`]).
+        pinned: Option<pinned::Pinned>,
+        /// `--group`, looked up (`None`: the owner's primary group).
+        gid: Option<u32>,
+        /// As root, an mbox in a directory of root's: the mailbox file's owner, for its
+        /// journal replay.
+        known_owner: Option<(u32, Option<Account>)>,
+    },
+}
+
+impl Prepared {
+    /// The target as given.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// Looks up every target's user, groups and directory owner, pins root's explicit targets and
+/// makes missing spool hash directories, in that order, before the process confines itself.
+/// A target that fails here fails alone, as it would at delivery.
+pub fn prepare(targets: &[Target], opts: &DeliverOptions) -> Vec<Prepared> {
+    let me = Identity::current();
+    targets
+        .iter()
+        .map(|t| Prepared {
+            target: t.clone(),
+            plan: plan(t, opts, me),
+        })
+        .collect()
+}
+
+fn plan(target: &Target, opts: &DeliverOptions, me: Identity) -> Result<Plan, DeliverError> {
+    match target {
+        Target::User(name) => {
+            // The name first: one the spool refuses (`X.lock`) has no mailbox, whoever has it.
+            let path = spool_store::spoolpath::hashed_path(
+                &opts.spool_dir,
+                name.as_bytes(),
+                opts.hash_depth,
+            )
+            .map_err(|e| DeliverError::NoUser(format!("{name} ({e})")))?;
+            let user = match User::from_name(name) {
+                Ok(Some(u)) => u,
+                Ok(None) => return Err(DeliverError::NoUser(name.clone())),
+                // NSS down (LDAP, NIS): not a verdict on the user; try again later.
+                Err(e) => return Err(DeliverError::Io("look up the user", e.into())),
+            };
+            let gid = group_id(opts.group.as_deref())?.unwrap_or(user.gid.as_raw());
+            let state_dir = opts
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| user.dir.join(".popspool"));
+            let state_owner = if me.is_root() {
+                Some(
+                    Account::lookup(&user.name, user.uid.as_raw(), user.gid.as_raw())
+                        .map_err(|e| DeliverError::Io("look up the user's groups", e))?,
+                )
+            } else {
+                None
+            };
+            // Made now, as the delivery would make them, so that the confined delivery needs
+            // the right to create directories nowhere. A failure shows again at delivery.
+            if fs::symlink_metadata(&path).is_err() {
+                let _ = mbox::make_hash_dirs(&opts.spool_dir, parent_of(&path), gid, me);
+            }
+            Ok(Plan::Spool {
+                path,
+                uid: user.uid.as_raw(),
+                gid,
+                state_dir,
+                state_owner,
+            })
+        }
+        Target::Mailbox(spec) => {
+            let path = match spec {
+                MailboxSpec::Mbox(p) | MailboxSpec::Maildir(p) => p.as_path(),
+            };
+            // Root follows no path component a user controls ([`pinned`]); anyone else has no
+            // rights beyond their own to be steered into.
+            let pinned = if me.is_root() {
+                Some(pinned::pin(path)?)
+            } else {
+                None
+            };
+            let gid = group_id(opts.group.as_deref())?;
+            let known_owner = match (&pinned, spec) {
+                (Some(p), MailboxSpec::Mbox(_)) if p.account.is_none() => {
+                    match fs::symlink_metadata(&p.at) {
+                        Ok(m) if m.uid() != 0 => Some((
+                            m.uid(),
+                            Account::of_uid(m.uid())
+                                .map_err(|e| DeliverError::Io("look up the mailbox owner", e))?,
+                        )),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            Ok(Plan::Explicit {
+                spec: spec.clone(),
+                pinned,
+                gid,
+                known_owner,
+            })
+        }
+    }
+}
+
+/// Spools `input` into `tmp` (an empty file from [`spool::anonymous_file`] in
+/// `opts.tmp_dir`), then delivers to every prepared target. `Err` only for problems with the
+/// input itself (or spooling it), which concern all targets alike. As root, a user's state
+/// directory is entered with the user's file-system identity
+/// ([`spool_store::userfs::AsUser`], switched for the calling thread only).
+pub fn deliver_prepared(
+    prepared: Vec<Prepared>,
+    tmp: std::fs::File,
+    opts: &DeliverOptions,
+    input: &mut dyn Read,
+    log: &Logger,
+) -> Result<Report, DeliverError> {
+    if prepared.is_empty() {
+        return Err(DeliverError::Usage("no recipient given".into()));
+    }
+    let spooled = spool::spool_into(tmp, input, opts.rules, &interrupted)?;
     let sender = envelope_sender(opts, &spooled);
     let from_line = format!(
         "From {sender} {}\n",
         spool_store::mbox::from_line::asctime_utc(now_secs())
     );
     let me = Identity::current();
-    let mut results = Vec::with_capacity(targets.len());
-    for t in targets {
-        let r = deliver_one(t, &spooled, &from_line, opts, me);
+    let mut results = Vec::with_capacity(prepared.len());
+    for Prepared { target, plan } in prepared {
+        let t = &target;
+        let r = plan.and_then(|plan| deliver_one(&plan, &spooled, &from_line, opts, me));
         match &r {
             Ok(d) => {
                 for w in &d.warnings {
@@ -426,7 +577,7 @@ pub fn run(
                 ),
             ),
         }
-        results.push((t.clone(), r));
+        results.push((target, r));
     }
     Ok(Report {
         sender,
@@ -436,7 +587,7 @@ pub fn run(
 }
 
 fn deliver_one(
-    target: &Target,
+    plan: &Plan,
     spooled: &Spooled,
     from_line: &str,
     opts: &DeliverOptions,
@@ -448,67 +599,43 @@ fn deliver_one(
         max_size: opts.max_mailbox_size,
         me,
     };
-    match target {
-        Target::User(name) => {
-            // The name first: one the spool refuses (`X.lock`) has no mailbox, whoever has it.
-            let path = spool_store::spoolpath::hashed_path(
-                &opts.spool_dir,
-                name.as_bytes(),
-                opts.hash_depth,
-            )
-            .map_err(|e| DeliverError::NoUser(format!("{name} ({e})")))?;
-            let user = match User::from_name(name) {
-                Ok(Some(u)) => u,
-                Ok(None) => return Err(DeliverError::NoUser(name.clone())),
-                // NSS down (LDAP, NIS): not a verdict on the user; try again later.
-                Err(e) => return Err(DeliverError::Io("look up the user", e.into())),
-            };
-            let gid = group_id(opts.group.as_deref())?.unwrap_or(user.gid.as_raw());
-            let state_dir = opts
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| user.dir.join(".popspool"));
+    match plan {
+        Plan::Spool {
+            path,
+            uid,
+            gid,
+            state_dir,
+            state_owner,
+        } => {
             let t = mbox::MboxTarget {
-                path: &path,
-                at: &path,
-                owner: Some(user.uid.as_raw()),
+                path,
+                at: path,
+                owner: Some(*uid),
                 create: mbox::Creation {
-                    uid: user.uid.as_raw(),
-                    gid,
+                    uid: *uid,
+                    gid: *gid,
                     mode: opts.mode,
                     hash_dirs_under: Some(&opts.spool_dir),
                 },
-                state_dir: Some(state_dir),
-                state_owner: if me.is_root() {
-                    Some(
-                        spool_store::userfs::Account::lookup(
-                            &user.name,
-                            user.uid.as_raw(),
-                            user.gid.as_raw(),
-                        )
-                        .map_err(|e| DeliverError::Io("look up the user's groups", e))?,
-                    )
-                } else {
-                    None
-                },
+                state_dir: Some(state_dir.clone()),
+                state_owner: state_owner.clone(),
+                known_owner: None,
             };
             mbox::deliver(&t, spooled, from_line, &common)
         }
-        Target::Mailbox(spec) => {
+        Plan::Explicit {
+            spec,
+            pinned,
+            gid,
+            known_owner,
+        } => {
             let path = match spec {
                 MailboxSpec::Mbox(p) | MailboxSpec::Maildir(p) => p.as_path(),
-            };
-            // Root follows no path component a user controls ([`pinned`]); anyone else has no
-            // rights beyond their own to be steered into.
-            let pinned = if me.is_root() {
-                Some(pinned::pin(path)?)
-            } else {
-                None
             };
             let owner = pinned.as_ref().and_then(|p| p.account.as_ref());
             let _as_user = AsUser::enter(owner)
                 .map_err(|e| DeliverError::Io("take the user's file-system identity", e))?;
-            let (at, common) = match &pinned {
+            let (at, common) = match pinned {
                 // The directory's user delivers, by the user's rules; root needs no helper.
                 Some(p) => (
                     p.at.as_path(),
@@ -522,7 +649,11 @@ fn deliver_one(
             };
             match spec {
                 MailboxSpec::Mbox(_) => {
-                    explicit_mbox(path, at, owner, spooled, from_line, opts, &common)
+                    let e = Explicit {
+                        gid: *gid,
+                        known_owner: known_owner.clone(),
+                    };
+                    explicit_mbox(path, at, owner, spooled, from_line, opts, &common, e)
                 }
                 MailboxSpec::Maildir(_) => maildir::deliver(path, at, spooled, &common),
             }
@@ -530,7 +661,14 @@ fn deliver_one(
     }
 }
 
+/// What [`prepare`] looked up for an explicit mbox.
+struct Explicit {
+    gid: Option<u32>,
+    known_owner: Option<(u32, Option<Account>)>,
+}
+
 /// An explicit `mbox:PATH`, reached as `at`, delivered to as `common.me`.
+#[allow(clippy::too_many_arguments)]
 fn explicit_mbox(
     path: &Path,
     at: &Path,
@@ -539,16 +677,14 @@ fn explicit_mbox(
     from_line: &str,
     opts: &DeliverOptions,
     common: &mbox::Common,
+    looked_up: Explicit,
 ) -> Result<Delivered, DeliverError> {
     let me = common.me;
-    let gid = match group_id(opts.group.as_deref())? {
+    let gid = match looked_up.gid {
         Some(g) => g,
         None => owner.map_or_else(|| nix::unistd::getegid().as_raw(), |a| a.gid),
     };
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .or_else(|| opts.home.as_ref().map(|h| h.join(".popspool")));
+    let state_dir = explicit_state_dir(opts);
     let t = mbox::MboxTarget {
         path,
         at,
@@ -562,8 +698,16 @@ fn explicit_mbox(
         },
         state_dir,
         state_owner: None,
+        known_owner: looked_up.known_owner,
     };
     mbox::deliver(&t, spooled, from_line, common)
+}
+
+/// The state directory of an explicit mbox: `--state-dir`, else `$HOME/.popspool`.
+pub(crate) fn explicit_state_dir(opts: &DeliverOptions) -> Option<PathBuf> {
+    opts.state_dir
+        .clone()
+        .or_else(|| opts.home.as_ref().map(|h| h.join(".popspool")))
 }
 
 /// The gid of `--group`, `None` when unset or when no such group exists (then the user's

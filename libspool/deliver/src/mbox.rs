@@ -72,6 +72,9 @@ pub struct MboxTarget<'a> {
     /// file-system identity (the directory is the user's, and root must not follow paths a
     /// user controls). `None`: the owner of the mailbox file.
     pub state_owner: Option<Account>,
+    /// The mailbox file's owner looked up before the process was confined (when it can no
+    /// longer read the password database): its uid and account, if it has one.
+    pub known_owner: Option<(u32, Option<Account>)>,
 }
 
 /// Delivers `spooled` into the mbox `t`. On error the mailbox is as it was.
@@ -117,7 +120,7 @@ pub fn deliver(
                 match &t.state_dir {
                     Some(dir) => {
                         let j = state_paths(dir, t.path).journal;
-                        replay_as(j, &file, t.state_owner.as_ref(), common.me)
+                        replay_as(j, &file, t, common.me)
                     }
                     None => Ok(Then::Skip(None)),
                 }
@@ -187,19 +190,24 @@ fn same_file(path: &Path, file: &File) -> Result<bool, DeliverError> {
 fn replay_as(
     journal_path: PathBuf,
     file: &File,
-    state_owner: Option<&Account>,
+    t: &MboxTarget<'_>,
     me: Identity,
 ) -> Result<Then<Option<AsUser>>, DeliverError> {
     let looked_up;
-    let owner = match state_owner {
+    let owner = match t.state_owner.as_ref() {
         Some(a) => Some(a),
         None if me.is_root() => {
             let uid = file
                 .metadata()
                 .map_err(|e| DeliverError::Io("stat the mailbox", e))?
                 .uid();
-            looked_up = Account::of_uid(uid)
-                .map_err(|e| DeliverError::Io("look up the mailbox owner", e))?;
+            looked_up = match &t.known_owner {
+                // Root's own mailbox: root replays, with no lookup.
+                _ if uid == 0 => None,
+                Some((known, account)) if *known == uid => account.clone(),
+                _ => Account::of_uid(uid)
+                    .map_err(|e| DeliverError::Io("look up the mailbox owner", e))?,
+            };
             match &looked_up {
                 Some(a) => Some(a),
                 None if uid == 0 => None,
@@ -350,7 +358,12 @@ fn create(t: &MboxTarget<'_>, me: Identity) -> Result<Option<File>, DeliverError
 /// Creates the hash directories between `spool` and `dir`: root:GROUP 2775 as root (the
 /// Debian spool layout `pop-dotlock` expects), the caller's otherwise. The spool itself
 /// must exist: a missing spool is a setup problem we do not paper over.
-fn make_hash_dirs(spool: &Path, dir: &Path, gid: u32, me: Identity) -> Result<(), DeliverError> {
+pub(crate) fn make_hash_dirs(
+    spool: &Path,
+    dir: &Path,
+    gid: u32,
+    me: Identity,
+) -> Result<(), DeliverError> {
     let Ok(rel) = dir.strip_prefix(spool) else {
         return Ok(());
     };

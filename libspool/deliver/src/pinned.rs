@@ -46,6 +46,13 @@ pub struct Pinned {
     pub account: Option<Account>,
 }
 
+impl Pinned {
+    /// The held directory (the mbox's directory, the Maildir's parent).
+    pub fn dir(&self) -> &Dir {
+        &self._holder
+    }
+}
+
 /// Resolves `path` as the module describes and pins the directory holding its last component.
 pub fn pin(path: &Path) -> Result<Pinned, DeliverError> {
     let mut comps: Vec<Component<'_>> = path.components().collect();

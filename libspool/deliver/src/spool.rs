@@ -145,6 +145,17 @@ pub fn spool(
 ) -> Result<Spooled, DeliverError> {
     let file =
         anonymous_file(tmp_dir).map_err(|e| DeliverError::Io("create a temporary file", e))?;
+    spool_into(file, input, rules, interrupted)
+}
+
+/// [`spool`] into `file`, an empty anonymous file made by [`anonymous_file`] (before a
+/// confined process loses the right to create one).
+pub fn spool_into(
+    file: File,
+    input: &mut dyn Read,
+    rules: InputRules,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Spooled, DeliverError> {
     let mut out = BufWriter::with_capacity(SPOOL_CHUNK, &file);
     let mut norm = Normalizer::new(rules);
     let mut buf = vec![0u8; SPOOL_CHUNK];

@@ -49,10 +49,12 @@ struct Broker {
     mailbox: PathBuf,
 }
 
-static BROKER: Mutex<Option<Broker>> = Mutex::new(None);
+/// One broker per mailbox (`pop-serve` has one mailbox, `pop-deliver` may have several).
+static BROKERS: Mutex<Vec<Broker>> = Mutex::new(Vec::new());
 
 /// Forks the broker for `helper` on `mailbox` (made absolute here, as the lock code does).
-/// Returns the broker's pid.
+/// Returns the broker's pid. A process may start one per mailbox; each broker holds only its
+/// own socket (the others' are closed in it).
 ///
 /// Must be called while the process has a single thread, and before it opens the mailbox.
 pub fn start(helper: &Path, mailbox: &Path) -> io::Result<u32> {
@@ -76,8 +78,8 @@ pub fn start(helper: &Path, mailbox: &Path) -> io::Result<u32> {
         ForkResult::Parent { child } => {
             drop(theirs);
             let pid = child.as_raw() as u32;
-            let mut b = BROKER.lock().unwrap_or_else(|e| e.into_inner());
-            *b = Some(Broker {
+            let mut b = BROKERS.lock().unwrap_or_else(|e| e.into_inner());
+            b.push(Broker {
                 sock: ours,
                 pid,
                 helper: helper.to_path_buf(),
@@ -88,13 +90,15 @@ pub fn start(helper: &Path, mailbox: &Path) -> io::Result<u32> {
     }
 }
 
-/// The broker's pid, when one was started: the pid the helper writes into the dotlocks it
-/// makes for us.
-pub fn pid() -> Option<u32> {
-    BROKER
+/// The pid of the broker started for `mailbox` (the pid the helper writes into the dotlocks
+/// it makes for us), when one was.
+pub fn pid_for(mailbox: &Path) -> Option<u32> {
+    let mailbox = std::path::absolute(mailbox).ok()?;
+    BROKERS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
+        .iter()
+        .find(|b| b.mailbox == mailbox)
         .map(|b| b.pid)
 }
 
@@ -103,19 +107,30 @@ pub fn pid() -> Option<u32> {
 /// started for or the broker is gone. Otherwise the helper's exit status (-1: not a normal
 /// exit) and the first line of its stderr.
 pub fn request(helper: &Path, verb: &str, mailbox: &Path) -> Option<io::Result<(i32, String)>> {
-    let guard = BROKER.lock().unwrap_or_else(|e| e.into_inner());
-    let b = guard.as_ref()?;
-    Some(ask(b, helper, verb, mailbox))
+    let guard = BROKERS.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_empty() {
+        return None;
+    }
+    let abs = match std::path::absolute(mailbox) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(match guard.iter().find(|b| b.mailbox == abs) {
+        Some(b) => ask(b, helper, verb),
+        None => Err(io::Error::other(format!(
+            "no lock broker serves {}",
+            abs.display()
+        ))),
+    })
 }
 
-fn ask(b: &Broker, helper: &Path, verb: &str, mailbox: &Path) -> io::Result<(i32, String)> {
+fn ask(b: &Broker, helper: &Path, verb: &str) -> io::Result<(i32, String)> {
     let req = match verb {
         "lock" => REQ_LOCK,
         "unlock" => REQ_UNLOCK,
         _ => return Err(io::Error::other(format!("no such helper request {verb}"))),
     };
-    let mailbox = std::path::absolute(mailbox)?;
-    if helper != b.helper || mailbox != b.mailbox {
+    if helper != b.helper {
         return Err(io::Error::other(format!(
             "the lock broker serves only {} for {}",
             b.helper.display(),

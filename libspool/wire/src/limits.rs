@@ -81,3 +81,18 @@ pub const PROXY_V1_MAX_LINE: usize = 107;
 /// unique-id TLVs sends a few hundred bytes; a longer announced length is refused before
 /// any of it is read.
 pub const PROXY_V2_MAX_HEADER: usize = 2048;
+
+/// `RLIMIT_NOFILE` of a confined pop-deliver (soft and hard), for its fixed needs: stdin,
+/// stdout, stderr, the syslog socket, the temporary file, one mailbox with its directory,
+/// dotlock, journal, `.tmp` and index, or a Maildir's four directories and one message. The
+/// limit is this plus [`DELIVER_OPEN_FILES_PER_TARGET`] for each target.
+pub const DELIVER_MAX_OPEN_FILES: u64 = 32;
+
+/// What each target of pop-deliver adds to [`DELIVER_MAX_OPEN_FILES`]: the directory root
+/// holds open for an explicit target, or the socket of its lock broker.
+pub const DELIVER_OPEN_FILES_PER_TARGET: u64 = 2;
+
+/// `RLIMIT_NOFILE` of a confined pop-spool (soft and hard): it works on one mailbox at a time
+/// (two for migrate), each with its lock, journal, index and their temporary files, and a
+/// directory walk a few levels deep.
+pub const SPOOL_MAX_OPEN_FILES: u64 = 64;

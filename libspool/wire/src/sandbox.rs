@@ -14,6 +14,7 @@ use landlock::{
 };
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 pub use landlock::{AccessFs as Fs, BitFlags};
@@ -166,9 +167,10 @@ pub fn tree_rw() -> BitFlags<AccessFs> {
 }
 
 /// A Landlock ruleset under construction: everything is denied except what is allowed.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Sandbox {
     rules: Vec<(PathBuf, BitFlags<AccessFs>)>,
+    held: Vec<(OwnedFd, BitFlags<AccessFs>)>,
 }
 
 impl Sandbox {
@@ -181,6 +183,14 @@ impl Sandbox {
     /// does not exist when the ruleset is applied gets no rule, so it stays out of reach.
     pub fn allow(mut self, path: impl Into<PathBuf>, rights: BitFlags<AccessFs>) -> Sandbox {
         self.rules.push((path.into(), rights));
+        self
+    }
+
+    /// Grants `rights` on what `fd` (opened by the caller, `O_PATH` or not) refers to and,
+    /// for a directory, everything beneath it: for a directory reached without following a
+    /// symlink a user controls, which a path given to [`Sandbox::allow`] would follow.
+    pub fn allow_fd(mut self, fd: OwnedFd, rights: BitFlags<AccessFs>) -> Sandbox {
+        self.held.push((fd, rights));
         self
     }
 
@@ -260,6 +270,23 @@ impl Sandbox {
             ruleset = ruleset
                 .add_rule(PathBeneath::new(fd, rights))
                 .map_err(|e| format!("landlock: {}: {e}", path.display()))?;
+        }
+        for (fd, rights) in &self.held {
+            let is_dir = fd
+                .try_clone()
+                .and_then(|d| std::fs::File::from(d).metadata())
+                .map(|m| m.is_dir())
+                .map_err(|e| format!("landlock: a held descriptor: {e}"))?;
+            let mut rights = *rights & handled;
+            if !is_dir {
+                rights &= AccessFs::from_file(asked);
+            }
+            if rights.is_empty() {
+                continue;
+            }
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(fd.as_fd(), rights))
+                .map_err(|e| format!("landlock: a held descriptor: {e}"))?;
         }
         ruleset
             .restrict_self()

@@ -4,7 +4,9 @@
 //! `POPSPOOL_TEST_EXEC=PATH` runs PATH; each logs `test-open PATH: ok` or
 //! `test-exec PATH: errno N (...)`; `POPSPOOL_TEST_SELF=1` logs the process's own state, by
 //! system calls alone (a confined process may not read /proc):
-//! `test-self uid=U nnp=0|1 nofile=N capeff=0x.. capprm=0x..`.
+//! `test-self uid=U nnp=0|1 nofile=N capeff=0x.. capprm=0x..`; `POPSPOOL_TEST_NNP` (any value)
+//! logs `test-no-new-privs: 0|1` and `test-nofile: SOFT HARD` (`RLIMIT_NOFILE`), for a program
+//! too short-lived to be seen in /proc.
 
 use crate::log::{Level, Logger};
 
@@ -12,6 +14,15 @@ use crate::log::{Level, Logger};
 pub fn run(log: &Logger) {
     if std::env::var_os("POPSPOOL_TEST_SELF").is_some() {
         log.log(Level::Info, &self_state());
+    }
+    if std::env::var_os("POPSPOOL_TEST_NNP").is_some() {
+        let v = u8::from(crate::sandbox::has_no_new_privs());
+        log.log(Level::Info, &format!("test-no-new-privs: {v}"));
+        if let Ok((soft, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            log.log(Level::Info, &format!("test-nofile: {soft} {hard}"));
+        }
     }
     if let Some(list) = std::env::var_os("POPSPOOL_TEST_OPEN") {
         for p in std::env::split_paths(&list) {

@@ -154,7 +154,7 @@ fn take_dotlock(
 ) -> Result<Dotlock, MailboxError> {
     let path = dotlock_path(mailbox);
     let mut via_helper = helper_first && opts.helper.is_some();
-    let brokered = crate::broker::pid().is_some();
+    let brokered = crate::broker::pid_for(mailbox).is_some();
     let mut warned: Option<(u64, u64)> = None;
     let mut backoff = LOCK_POLL_INTERVAL;
     loop {

@@ -87,6 +87,32 @@ fn classify(err: io::Error, lstat: impl FnOnce() -> io::Result<Stat>) -> io::Res
 /// An open directory ([`DIR_FLAGS`]). Every file operation below it resolves one name
 /// relative to this descriptor (`openat`, `fstatat`, `unlinkat`, `renameat`, `linkat`), never
 /// a path, so a folder replaced by a symlink after it was opened redirects nothing.
+/// Opens `base` (the administrator's: resolved as usual, symlinks included) and then each
+/// component of `rel` below it, never following a symlink: the directory, or `None` when it
+/// is missing, not a directory, a symlink anywhere on `rel`, or `rel` climbs with `..`. For
+/// granting a confined root the directories it works in without letting a user who controls
+/// a component of the name point it elsewhere.
+pub fn open_dir_nofollow(base: &Path, rel: &Path) -> Option<Dir> {
+    use std::path::Component;
+    let base = std::fs::canonicalize(base).ok()?;
+    let mut dir = match Dir::open(&base) {
+        Ok(Opened::Dir(d)) => d,
+        _ => return None,
+    };
+    for c in rel.components() {
+        let step = match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => n.as_bytes(),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        };
+        dir = match dir.open_dir(step) {
+            Ok(Opened::Dir(d)) => d,
+            _ => return None,
+        };
+    }
+    Some(dir)
+}
+
 #[derive(Debug)]
 pub struct Dir {
     fd: OwnedFd,
