@@ -308,7 +308,12 @@ fn plan_round(h: &Header, p: &Pieces, c: Cursor, k: u64, min_round: u64) -> Opti
     let dst = h.p0 + c.t;
     let gap = src - dst;
     let len = gap.max(min_round.max(1)).min(h.tail_len - c.t);
-    let save_end = dst + len;
+    let mut save_end = dst + len;
+    if c.t + len == h.tail_len {
+        // The last round also saves its sources under the stamp's place, which the stamp
+        // overwrites before the end record: a repeat of the round must not read them there.
+        save_end = save_end.max(h.new_end() + h.stamp_len());
+    }
     let save = if save_end > src {
         src..save_end
     } else {
