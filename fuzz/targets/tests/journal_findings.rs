@@ -88,9 +88,16 @@ fn mail_appended_after_the_truncate_is_kept_whatever_its_bytes() {
 #[test]
 fn the_stamp_never_feeds_a_repeated_round() {
     let big: Vec<u8> = (0..200u8)
-        .flat_map(|i| format!("From x@example.org Thu Jan  1 00:00:00 1970\nSubject: {i}\n\nbody {i}\n\n").into_bytes())
+        .flat_map(|i| {
+            format!("From x@example.org Thu Jan  1 00:00:00 1970\nSubject: {i}\n\nbody {i}\n\n")
+                .into_bytes()
+        })
         .collect();
-    for stop in [Crash::AfterStamp, Crash::BeforeTruncate, Crash::AfterTruncate] {
+    for stop in [
+        Crash::AfterStamp,
+        Crash::BeforeTruncate,
+        Crash::AfterTruncate,
+    ] {
         for delete in [0..30u64, 100..120, 5..6] {
             let dir = tempfile::tempdir().unwrap();
             let (m, j) = (dir.path().join("mbox"), dir.path().join("mbox.journal"));
@@ -102,8 +109,7 @@ fn the_stamp_never_feeds_a_repeated_round() {
                 .unwrap();
             let d = std::slice::from_ref(&delete);
             let reached =
-                journal::compact(&j, &file, d, big.len() as u64, journal::MIN_ROUND, stop)
-                    .unwrap();
+                journal::compact(&j, &file, d, big.len() as u64, journal::MIN_ROUND, stop).unwrap();
             assert_eq!(reached, Reached::Crashed);
             journal::recover(&j, &m, &file).unwrap();
             let r = delete.start as usize..delete.end as usize;

@@ -162,9 +162,10 @@ impl Header {
         self.new_end() + self.stamp_len()..self.s_old
     }
 
-    /// Where the chain of records starts: the header's own checksum, which covers the nonce.
+    /// Where the chain of records starts: the nonce, so that no record of another journal
+    /// (nor one forged from mail, whose sender cannot know the nonce) links into this one.
     fn chain_seed(&self) -> [u8; 16] {
-        self.encode()[CHECKSUM_OFF..].try_into().expect("16 bytes")
+        self.nonce
     }
 }
 
@@ -184,7 +185,12 @@ fn new_nonce() -> Result<[u8; 16], MailboxError> {
                 ))
             }
             Err(e) if e == rustix::io::Errno::INTR => {}
-            Err(e) => return Err(MailboxError::Io("get random bytes for the journal", e.into())),
+            Err(e) => {
+                return Err(MailboxError::Io(
+                    "get random bytes for the journal",
+                    e.into(),
+                ))
+            }
         }
     }
     n[0] = 0;
@@ -613,30 +619,41 @@ fn read_records(j: &mut Journal, len: u64) -> Result<Result<(), String>, Mailbox
         }
         let k = j.last.as_ref().map_or(0, |r| r.k + 1);
         let Some(plan) = plan_round(&j.h, &j.pieces, c, k, j.h.min_round) else {
-            // Every round is there: the end record, or its torn beginning.
-            let extent = END_LEN as u64;
-            if len - at < extent {
+            // Every round is there: the end record (two copies of it, so that no single
+            // damaged byte makes it look torn), or its torn beginning.
+            let extent = 2 * END_LEN as u64;
+            if len - at < END_LEN as u64 {
                 return Ok(Ok(()));
             }
-            let mut e = [0u8; END_LEN];
-            j.f.read_exact_at(&mut e, at)
+            let mut e = [0u8; 2 * END_LEN];
+            let have = (len - at).min(extent) as usize;
+            j.f.read_exact_at(&mut e[..have], at)
                 .map_err(io_err("read the journal"))?;
-            let ok = e[0..8] == END_MAGIC
-                && u64_at(&e, 8) == k
-                && e[48..64] == link(&j.chain, &e[..48]);
-            if !ok {
-                if len - at == extent {
+            let valid = |e: &[u8]| {
+                e[0..8] == END_MAGIC && u64_at(e, 8) == k && e[48..64] == link(&j.chain, &e[..48])
+            };
+            let good = if valid(&e[..END_LEN]) {
+                Some(&e[..END_LEN])
+            } else if have == 2 * END_LEN && valid(&e[END_LEN..]) {
+                Some(&e[END_LEN..])
+            } else {
+                None
+            };
+            let Some(e) = good else {
+                if len - at <= extent {
                     return Ok(Ok(()));
                 }
                 return Ok(damaged("the end record".into(), at, extent));
-            }
+            };
             if len - at > extent {
                 return Ok(Err(format!(
                     "is damaged: {} bytes follow the end record at offset {at}",
                     len - at - extent
                 )));
             }
-            j.done = Some(sha_at(&e, 16));
+            // A valid end record tells the truth even if its append was cut short: the
+            // rounds and the stamp were durable before it was written.
+            j.done = Some(sha_at(e, 16));
             j.chain = e[48..64].try_into().expect("16 bytes");
             j.log_end = len;
             return Ok(Ok(()));
@@ -927,10 +944,10 @@ fn put_end(j: &mut Journal, mbox: &File, buf: &mut [u8]) -> Result<(), MailboxEr
         .map_err(io_err("write the journal"))?;
     let k = j.last.as_ref().map_or(0, |r| r.k + 1);
     let e = encode_end(k, &fin, &j.chain);
-    j.f.write_all_at(&e, j.log_end)
+    j.f.write_all_at(&[e, e].concat(), j.log_end)
         .map_err(io_err("write the journal"))?;
     j.f.sync_data().map_err(io_err("sync the journal"))?;
-    j.log_end += END_LEN as u64;
+    j.log_end += 2 * END_LEN as u64;
     j.chain = e[48..64].try_into().expect("16 bytes");
     j.done = Some(fin);
     Ok(())
