@@ -1313,3 +1313,106 @@ pub(crate) fn exists(p: &Path) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MBOX: &[u8] = b"From a@example.org Thu Jan  1 00:00:00 1970\nSubject: one\n\nbody\n\nFrom b@example.org Thu Jan  1 00:00:00 1970\nSubject: two\n\nline\n";
+
+    fn setup(dir: &Path) -> (PathBuf, PathBuf, File) {
+        let (m, j) = (dir.join("mbox"), dir.join("mbox.journal"));
+        fs::write(&m, MBOX).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&m).unwrap();
+        (m, j, f)
+    }
+
+    fn cut(r: Range<usize>) -> Vec<u8> {
+        [&MBOX[..r.start], &MBOX[r.end..]].concat()
+    }
+
+    /// A journal of the previous format is refused, and it and the mailbox stay as they are.
+    #[test]
+    fn a_version_3_journal_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, j, f) = setup(dir.path());
+        let len = MBOX.len() as u64;
+        let r = compact(&j, &f, &[3..20], len, 1, Crash::AfterRecord(1)).unwrap();
+        assert_eq!(r, Reached::Crashed);
+        let mut b = fs::read(&j).unwrap();
+        b[8..12].copy_from_slice(&JOURNAL_VERSION_OLD.to_le_bytes());
+        fs::write(&j, &b).unwrap();
+        let before = fs::read(&m).unwrap();
+        let e = recover(&j, &m, &f).unwrap_err();
+        assert!(matches!(e, MailboxError::JournalRefused(_)), "{e}");
+        assert!(e.to_string().contains("format version 3"), "{e}");
+        assert_eq!(fs::read(&j).unwrap(), b);
+        assert_eq!(fs::read(&m).unwrap(), before);
+        let (code, _) = e.response();
+        assert_eq!(code, Some(spool_wire::pop3::response::RespCode::SysTemp));
+    }
+
+    /// Any one damaged byte of the end record (either copy) still reads as the end.
+    #[test]
+    fn one_damaged_end_record_copy_is_enough() {
+        for copy in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, j, f) = setup(dir.path());
+            let len = MBOX.len() as u64;
+            let r = compact(&j, &f, &[3..20], len, 1, Crash::AfterTruncate).unwrap();
+            assert_eq!(r, Reached::Crashed);
+            let mut b = fs::read(&j).unwrap();
+            let at = b.len() - 2 * END_LEN + copy * END_LEN + 20;
+            b[at] ^= 4;
+            fs::write(&j, &b).unwrap();
+            assert!(recover(&j, &m, &f).unwrap());
+            assert_eq!(fs::read(&m).unwrap(), cut(3..20));
+            assert!(!j.exists());
+        }
+    }
+
+    /// A stale region shorter than the stamp: the stamp is that short, and mail appended after
+    /// the truncate is kept whatever its first bytes.
+    #[test]
+    fn a_stale_region_shorter_than_the_stamp() {
+        for (del, stop) in [
+            (5..6usize, Crash::AfterStamp),
+            (5..6, Crash::BeforeTruncate),
+            (5..9, Crash::AfterTruncate),
+            (MBOX.len() - 3..MBOX.len(), Crash::AfterTruncate),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, j, f) = setup(dir.path());
+            let len = MBOX.len() as u64;
+            let d = del.start as u64..del.end as u64;
+            let r = compact(&j, &f, &[d], len, 1, stop).unwrap();
+            assert_eq!(r, Reached::Crashed);
+            let mut want = cut(del.clone());
+            if stop == Crash::AfterTruncate {
+                // The very bytes that were cut, delivered again.
+                let late = &MBOX[want.len()..];
+                let mut a = OpenOptions::new().append(true).open(&m).unwrap();
+                io::Write::write_all(&mut a, late).unwrap();
+                want.extend_from_slice(late);
+            }
+            assert!(recover(&j, &m, &f).unwrap());
+            assert_eq!(fs::read(&m).unwrap(), want, "{del:?} {stop:?}");
+        }
+    }
+
+    /// Bytes after the end record cannot come from a crash: refused, left in place.
+    #[test]
+    fn bytes_after_the_end_record_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, j, f) = setup(dir.path());
+        let len = MBOX.len() as u64;
+        let r = compact(&j, &f, &[3..20], len, 1, Crash::BeforeTruncate).unwrap();
+        assert_eq!(r, Reached::Crashed);
+        let mut b = fs::read(&j).unwrap();
+        b.push(0);
+        fs::write(&j, &b).unwrap();
+        let e = recover(&j, &m, &f).unwrap_err();
+        assert!(matches!(e, MailboxError::JournalRefused(_)), "{e}");
+        assert!(j.exists());
+    }
+}
