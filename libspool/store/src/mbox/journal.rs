@@ -2,9 +2,11 @@
 //! toolkit program replays it, under the content lock, before touching the mailbox.
 //!
 //! The rule: a `JOURNAL` that exists is complete (it is written as `JOURNAL.tmp`, synced and
-//! renamed before the mailbox is touched), and a round's record is durable before the round
-//! after it starts. Why that suffices, the rounds, and the format: doc/DESIGN.md, "The update
-//! journal".
+//! renamed before the mailbox is touched), a round's record is durable before the round after
+//! it starts, and the stamp is durable before the end record. Records are chained and their
+//! extents known, so only the last one can be torn; anything else that does not check out is
+//! refused and left for the administrator. Why that suffices, every crash point, and the
+//! format: doc/DESIGN.md, "The update journal".
 
 #![forbid(unsafe_code)]
 
@@ -438,14 +440,12 @@ fn stream(
 /// SHA-256 of a region's length and of its first and last `STALE_SAMPLE` bytes (the whole
 /// region when it is shorter than two samples).
 ///
-/// For the stale region it tells whether the truncate of a compaction has happened: after a
-/// truncate its bytes are either gone (the size check decides) or mail an MDA appended after
-/// breaking a crashed session's dotlock. Appended mail starts with its own `From ` line,
-/// dated at its delivery; for it to pass as the old region it would have to equal, at the
-/// very same offsets, both the first and the last 64 KiB of the deleted mail, From line date
-/// included. For the new tail it confirms, before a finished journal is forgotten, that the
-/// mailbox is the one the journal finished (version 1 hashed whole regions: half of a
-/// DELE-all UPDATE's time on a 1 GB mbox went there).
+/// For the stale region (without the stamp's place) it confirms, while the copy is
+/// unfinished, that the bytes no round writes are still the ones the journal was made for;
+/// whether the truncate happened is told by the stamp, not by it. For the new tail it
+/// confirms, before a finished journal is forgotten, that the mailbox is the one the journal
+/// finished (version 1 hashed whole regions: half of a DELE-all UPDATE's time on a 1 GB mbox
+/// went there).
 fn sampled_digest(f: &File, range: Range<u64>, buf: &mut [u8]) -> Result<[u8; 32], MailboxError> {
     let len = range.end.saturating_sub(range.start);
     let mut h = Sha256::new();
