@@ -1337,7 +1337,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, j, f) = setup(dir.path());
         let len = MBOX.len() as u64;
-        let r = compact(&j, &f, &[3..20], len, 1, Crash::AfterRecord(1)).unwrap();
+        let r = compact(
+            &j,
+            &f,
+            std::slice::from_ref(&(3..20)),
+            len,
+            1,
+            Crash::AfterRecord(1),
+        )
+        .unwrap();
         assert_eq!(r, Reached::Crashed);
         let mut b = fs::read(&j).unwrap();
         b[8..12].copy_from_slice(&JOURNAL_VERSION_OLD.to_le_bytes());
@@ -1359,7 +1367,15 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (m, j, f) = setup(dir.path());
             let len = MBOX.len() as u64;
-            let r = compact(&j, &f, &[3..20], len, 1, Crash::AfterTruncate).unwrap();
+            let r = compact(
+                &j,
+                &f,
+                std::slice::from_ref(&(3..20)),
+                len,
+                1,
+                Crash::AfterTruncate,
+            )
+            .unwrap();
             assert_eq!(r, Reached::Crashed);
             let mut b = fs::read(&j).unwrap();
             let at = b.len() - 2 * END_LEN + copy * END_LEN + 20;
@@ -1406,7 +1422,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, j, f) = setup(dir.path());
         let len = MBOX.len() as u64;
-        let r = compact(&j, &f, &[3..20], len, 1, Crash::BeforeTruncate).unwrap();
+        let r = compact(
+            &j,
+            &f,
+            std::slice::from_ref(&(3..20)),
+            len,
+            1,
+            Crash::BeforeTruncate,
+        )
+        .unwrap();
         assert_eq!(r, Reached::Crashed);
         let mut b = fs::read(&j).unwrap();
         b.push(0);
