@@ -28,6 +28,10 @@ pub enum MailboxError {
     Changed(String),
     /// An interrupted update was found and could not be finished.
     Journal(String),
+    /// An interrupted update's journal must not be replayed (damaged where no crash can
+    /// damage it, or of a format this release does not replay): it and the mailbox are left
+    /// untouched for the administrator, and every open refuses until then.
+    JournalRefused(String),
     /// Any other I/O failure, with what we were doing.
     Io(&'static str, io::Error),
     /// A signal asked the program to stop while it waited for a lock (`lock::request_stop`).
@@ -67,6 +71,10 @@ impl MailboxError {
                 Some(RespCode::SysTemp),
                 "mailbox needs recovery, try again later".into(),
             ),
+            MailboxError::JournalRefused(_) => (
+                Some(RespCode::SysTemp),
+                "mailbox needs repair by the administrator, try again later".into(),
+            ),
             MailboxError::Io(what, _) => (Some(RespCode::SysTemp), format!("unable to {what}")),
             MailboxError::Interrupted => (Some(RespCode::SysTemp), "interrupted, try again".into()),
         }
@@ -90,6 +98,7 @@ impl fmt::Display for MailboxError {
             MailboxError::MessageGone => write!(f, "message vanished"),
             MailboxError::Changed(why) => write!(f, "mailbox changed: {why}"),
             MailboxError::Journal(why) => write!(f, "update journal: {why}"),
+            MailboxError::JournalRefused(why) => write!(f, "update journal refused: {why}"),
             MailboxError::Io(what, e) => write!(f, "unable to {what}: {e}"),
             MailboxError::Interrupted => write!(f, "interrupted by a signal"),
         }

@@ -2,9 +2,11 @@
 //! toolkit program replays it, under the content lock, before touching the mailbox.
 //!
 //! The rule: a `JOURNAL` that exists is complete (it is written as `JOURNAL.tmp`, synced and
-//! renamed before the mailbox is touched), and a round's record is durable before the round
-//! after it starts. Why that suffices, the rounds, and the format: doc/DESIGN.md, "The update
-//! journal".
+//! renamed before the mailbox is touched), a round's record is durable before the round after
+//! it starts, and the stamp is durable before the end record. Records are chained and their
+//! extents known, so only the last one can be torn; anything else that does not check out is
+//! refused and left for the administrator. Why that suffices, every crash point, and the
+//! format: doc/DESIGN.md, "The update journal".
 
 #![forbid(unsafe_code)]
 
@@ -21,11 +23,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// First bytes of every journal.
 pub const JOURNAL_MAGIC: [u8; 8] = *b"POPSPJNL";
 /// The one format version this code writes and reads.
-pub const JOURNAL_VERSION: u32 = 3;
+pub const JOURNAL_VERSION: u32 = 4;
+/// The previous version: recognised only to be refused with a message saying so.
+pub const JOURNAL_VERSION_OLD: u32 = 3;
 /// How much of each end of the stale region (and of the new tail) its digest covers.
 pub const STALE_SAMPLE: u64 = 64 * 1024;
 /// Size of the fixed header before the pieces table.
-pub const JOURNAL_HEADER_LEN: u64 = 160;
+pub const JOURNAL_HEADER_LEN: u64 = 176;
+/// Length of the journal's nonce, and at most of the stamp written with it at the start of
+/// the stale region before the truncate (shorter when the stale region is).
+pub const STAMP_LEN: u64 = 16;
 /// Bytes moved per read/write while copying: memory stays bounded whatever the mailbox
 /// size, and large enough that a multi-GB tail is not syscall-bound.
 pub const COPY_CHUNK: usize = 1 << 20;
@@ -34,7 +41,7 @@ pub const COPY_CHUNK: usize = 1 << 20;
 /// syncs when little was deleted; smaller means less journalled when much was.
 pub const MIN_ROUND: u64 = 16 << 20;
 
-const CHECKSUM_OFF: usize = 128;
+const CHECKSUM_OFF: usize = 160;
 const HEADER: usize = JOURNAL_HEADER_LEN as usize;
 const PIECE_LEN: u64 = 16;
 const ROUND_MAGIC: [u8; 8] = *b"POPSPRND";
@@ -53,6 +60,10 @@ pub(crate) struct Header {
     pub pieces: u64,
     pub stale_sha: [u8; 32],
     pub pieces_sha: [u8; 32],
+    /// Random, first byte 0: stamps the stale region and seeds the records' chain.
+    pub nonce: [u8; 16],
+    /// The shortest round: with it every record's extent is known before it is read.
+    pub min_round: u64,
 }
 
 fn u64_at(b: &[u8], o: usize) -> u64 {
@@ -92,7 +103,10 @@ impl Header {
         }
         b[64..96].copy_from_slice(&self.stale_sha);
         b[96..128].copy_from_slice(&self.pieces_sha);
-        let sum: [u8; 32] = Sha256::digest(&b[..CHECKSUM_OFF]).into();
+        b[128..144].copy_from_slice(&self.nonce);
+        b[144..152].copy_from_slice(&self.min_round.to_le_bytes());
+        // 152..160: reserved, zero.
+        let sum = sum16(&b[..CHECKSUM_OFF]);
         b[CHECKSUM_OFF..].copy_from_slice(&sum);
         b
     }
@@ -102,12 +116,11 @@ impl Header {
         if b[0..8] != JOURNAL_MAGIC {
             return Err("bad magic".into());
         }
-        let sum: [u8; 32] = Sha256::digest(&b[..CHECKSUM_OFF]).into();
-        if b[CHECKSUM_OFF..] != sum {
+        if b[CHECKSUM_OFF..] != sum16(&b[..CHECKSUM_OFF]) {
             return Err("header checksum mismatch".into());
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        if u32_at(8) != JOURNAL_VERSION || u32_at(12) != 0 {
+        if u32_at(8) != JOURNAL_VERSION || u32_at(12) != 0 || u64_at(b, 152) != 0 {
             return Err(format!(
                 "unknown version {} flags {}",
                 u32_at(8),
@@ -123,7 +136,12 @@ impl Header {
             pieces: u64_at(b, 56),
             stale_sha: sha_at(b, 64),
             pieces_sha: sha_at(b, 96),
+            nonce: b[128..144].try_into().expect("16 bytes"),
+            min_round: u64_at(b, 144),
         };
+        if h.nonce[0] != 0 || h.min_round == 0 {
+            return Err("bad nonce or round length".into());
+        }
         // The stale region must be non-empty: an empty one would "match" forever and make a
         // finished replay look unfinished.
         match h.p0.checked_add(h.tail_len) {
@@ -135,6 +153,50 @@ impl Header {
     fn new_end(&self) -> u64 {
         self.p0 + self.tail_len
     }
+
+    /// The stamp's length: `STAMP_LEN`, or the whole stale region when it is shorter.
+    fn stamp_len(&self) -> u64 {
+        (self.s_old - self.new_end()).min(STAMP_LEN)
+    }
+
+    /// The part of the stale region its digest covers: all of it but the stamp's place.
+    fn stale_checked(&self) -> Range<u64> {
+        self.new_end() + self.stamp_len()..self.s_old
+    }
+
+    /// Where the chain of records starts: the nonce, so that no record of another journal
+    /// (nor one forged from mail, whose sender cannot know the nonce) links into this one.
+    fn chain_seed(&self) -> [u8; 16] {
+        self.nonce
+    }
+}
+
+/// A fresh nonce: 16 random bytes, the first set to 0. A stamp therefore starts with a NUL,
+/// which no delivery appended to an mbox starts with (a `From ` line, or the newline before
+/// one), so even a one-byte stamp is never taken for appended mail.
+fn new_nonce() -> Result<[u8; 16], MailboxError> {
+    let mut n = [0u8; 16];
+    let mut filled = 0;
+    while filled < n.len() {
+        match rustix::rand::getrandom(&mut n[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(k) if k > 0 => filled += k,
+            Ok(_) => {
+                return Err(MailboxError::Io(
+                    "get random bytes for the journal",
+                    io::Error::from(ErrorKind::UnexpectedEof),
+                ))
+            }
+            Err(e) if e == rustix::io::Errno::INTR => {}
+            Err(e) => {
+                return Err(MailboxError::Io(
+                    "get random bytes for the journal",
+                    e.into(),
+                ))
+            }
+        }
+    }
+    n[0] = 0;
+    Ok(n)
 }
 
 /// The kept byte ranges `(source offset, length)` in the order they are written from `p0`.
@@ -244,6 +306,8 @@ struct Round {
     data_at: u64,
     /// Offset in the journal just past this record.
     end_at: u64,
+    /// The record's link in the chain: its checksum over the previous one and its own bytes.
+    check: [u8; 16],
 }
 
 /// Plans the round starting at stream offset `c.t`: at least the gap there and `min_round`.
@@ -252,7 +316,12 @@ fn plan_round(h: &Header, p: &Pieces, c: Cursor, k: u64, min_round: u64) -> Opti
     let dst = h.p0 + c.t;
     let gap = src - dst;
     let len = gap.max(min_round.max(1)).min(h.tail_len - c.t);
-    let save_end = dst + len;
+    let mut save_end = dst + len;
+    if c.t + len == h.tail_len {
+        // The last round also saves its sources under the stamp's place, which the stamp
+        // overwrites before the end record: a repeat of the round must not read them there.
+        save_end = save_end.max(h.new_end() + h.stamp_len());
+    }
     let save = if save_end > src {
         src..save_end
     } else {
@@ -266,10 +335,20 @@ fn plan_round(h: &Header, p: &Pieces, c: Cursor, k: u64, min_round: u64) -> Opti
         save_sha: [0; 32],
         data_at: 0,
         end_at: 0,
+        check: [0; 16],
     })
 }
 
-fn encode_round(r: &Round) -> [u8; ROUND_LEN] {
+/// First 16 bytes of the sha256 of the previous link and a record's own checked bytes.
+fn link(prev: &[u8; 16], own: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(own);
+    let d: [u8; 32] = h.finalize().into();
+    d[..16].try_into().expect("16 bytes")
+}
+
+fn encode_round(r: &Round, prev: &[u8; 16]) -> [u8; ROUND_LEN] {
     let mut b = [0u8; ROUND_LEN];
     b[0..8].copy_from_slice(&ROUND_MAGIC);
     for (o, v) in [
@@ -282,16 +361,18 @@ fn encode_round(r: &Round) -> [u8; ROUND_LEN] {
         b[o..o + 8].copy_from_slice(&v.to_le_bytes());
     }
     b[48..80].copy_from_slice(&r.save_sha);
-    let s = sum16(&b[..80]);
+    let s = link(prev, &b[..80]);
     b[80..96].copy_from_slice(&s);
     b
 }
 
-fn encode_end(final_sha: &[u8; 32]) -> [u8; END_LEN] {
+/// The end record: its sequence number `k` (the number of rounds) and the new tail's digest.
+fn encode_end(k: u64, final_sha: &[u8; 32], prev: &[u8; 16]) -> [u8; END_LEN] {
     let mut b = [0u8; END_LEN];
     b[0..8].copy_from_slice(&END_MAGIC);
+    b[8..16].copy_from_slice(&k.to_le_bytes());
     b[16..48].copy_from_slice(final_sha);
-    let s = sum16(&b[..48]);
+    let s = link(prev, &b[..48]);
     b[48..64].copy_from_slice(&s);
     b
 }
@@ -359,14 +440,12 @@ fn stream(
 /// SHA-256 of a region's length and of its first and last `STALE_SAMPLE` bytes (the whole
 /// region when it is shorter than two samples).
 ///
-/// For the stale region it tells whether the truncate of a compaction has happened: after a
-/// truncate its bytes are either gone (the size check decides) or mail an MDA appended after
-/// breaking a crashed session's dotlock. Appended mail starts with its own `From ` line,
-/// dated at its delivery; for it to pass as the old region it would have to equal, at the
-/// very same offsets, both the first and the last 64 KiB of the deleted mail, From line date
-/// included. For the new tail it confirms, before a finished journal is forgotten, that the
-/// mailbox is the one the journal finished (version 1 hashed whole regions: half of a
-/// DELE-all UPDATE's time on a 1 GB mbox went there).
+/// For the stale region (without the stamp's place) it confirms, while the copy is
+/// unfinished, that the bytes no round writes are still the ones the journal was made for;
+/// whether the truncate happened is told by the stamp, not by it. For the new tail it
+/// confirms, before a finished journal is forgotten, that the mailbox is the one the journal
+/// finished (version 1 hashed whole regions: half of a DELE-all UPDATE's time on a 1 GB mbox
+/// went there).
 fn sampled_digest(f: &File, range: Range<u64>, buf: &mut [u8]) -> Result<[u8; 32], MailboxError> {
     let len = range.end.saturating_sub(range.start);
     let mut h = Sha256::new();
@@ -405,8 +484,10 @@ pub enum Crash {
     AfterRecord(u64),
     /// With half of the record of round k (k >= 1) appended: a torn write.
     TornRecord(u64),
-    /// After the copy, before the end record.
+    /// After the copy, before the stamp.
     AfterCopy,
+    /// With the stamp durable, before the end record.
+    AfterStamp,
     /// After the end record, before the truncate.
     BeforeTruncate,
     /// After the truncate, before the journal is removed.
@@ -432,17 +513,36 @@ struct Journal {
     done: Option<[u8; 32]>,
     /// End of the last valid record: appends go here (a torn record is cut off).
     log_end: u64,
+    /// The link of the last valid record (the header's checksum before the first).
+    chain: [u8; 16],
 }
 
 /// What the bytes of a journal say (or why they cannot be used).
 enum Parse {
     Ok(Box<Journal>),
+    /// Damaged where no crash can leave it: moved aside (the mailbox was not touched).
     Corrupt(String),
+    /// Not to be replayed, nor to be moved out of the way: the mailbox may be torn, so the
+    /// journal stays where every toolkit program sees it and refuses, until an administrator
+    /// acts.
+    Refuse(String),
 }
 
 fn parse(f: File) -> Result<Parse, MailboxError> {
     let len = f.metadata().map_err(io_err("stat the journal"))?.len();
     let mut hb = [0u8; HEADER];
+    let mut vb = [0u8; 12];
+    if len >= 12 {
+        f.read_exact_at(&mut vb, 0)
+            .map_err(io_err("read the journal"))?;
+        if vb[0..8] == JOURNAL_MAGIC && vb[8..12] == JOURNAL_VERSION_OLD.to_le_bytes() {
+            return Ok(Parse::Refuse(format!(
+                "is of format version {JOURNAL_VERSION_OLD}, written by an older release, which \
+                 this one does not replay: finish it with that release's `pop-spool recover`, \
+                 or restore the mailbox from a backup and remove the journal"
+            )));
+        }
+    }
     if len < JOURNAL_HEADER_LEN {
         return Ok(Parse::Corrupt(format!("only {len} bytes")));
     }
@@ -480,6 +580,7 @@ fn parse(f: File) -> Result<Parse, MailboxError> {
     if let Err(why) = pieces.check(&h) {
         return Ok(Parse::Corrupt(why));
     }
+    let chain = h.chain_seed();
     let mut j = Journal {
         f,
         h,
@@ -487,90 +588,116 @@ fn parse(f: File) -> Result<Parse, MailboxError> {
         last: None,
         done: None,
         log_end: records_start,
+        chain,
     };
-    read_records(&mut j, len)?;
+    if let Err(why) = read_records(&mut j, len)? {
+        return Ok(Parse::Refuse(why));
+    }
     Ok(Parse::Ok(Box::new(j)))
 }
 
-/// Reads the records after the pieces table; the first one that does not check out ends the
-/// log. Rounds must follow each other exactly as `plan_round` could have made them.
-fn read_records(j: &mut Journal, len: u64) -> Result<(), MailboxError> {
+/// Reads the records after the pieces table. Each record is the one `plan_round` makes next
+/// (the header fixes the round length), so its extent is known before it is read, and its
+/// link must follow from the previous one. A record that does not check out is the torn end
+/// of the log only if nothing lies beyond its extent (an append is always at the end: the log
+/// is cut back to its last good record first); with bytes beyond it, it is damage, reported
+/// as `Err` (the inner one).
+fn read_records(j: &mut Journal, len: u64) -> Result<Result<(), String>, MailboxError> {
     let mut at = j.log_end;
     let mut c = Cursor::START;
     let mut buf = vec![0u8; COPY_CHUNK];
+    let damaged = |what: String, at: u64, extent: u64| {
+        Err(format!(
+            "is damaged: {what} at offset {at} does not check out, and {} more bytes \
+             follow it (a torn append is always the last thing in the log)",
+            len - at - extent
+        ))
+    };
     loop {
-        let mut rb = [0u8; ROUND_LEN];
-        if at + END_LEN as u64 <= len {
-            j.f.read_exact_at(&mut rb[..END_LEN], at)
-                .map_err(io_err("read the journal"))?;
-            let e = &rb[..END_LEN];
-            if e[0..8] == END_MAGIC
-                && e[48..64] == sum16(&e[..48])
-                && j.last
-                    .as_ref()
-                    .map_or(j.h.tail_len == 0, |r| r.t_end == j.h.tail_len)
-            {
-                j.done = Some(sha_at(e, 16));
-                j.log_end = at + END_LEN as u64;
-                return Ok(());
+        if at == len {
+            return Ok(Ok(()));
+        }
+        let k = j.last.as_ref().map_or(0, |r| r.k + 1);
+        let Some(plan) = plan_round(&j.h, &j.pieces, c, k, j.h.min_round) else {
+            // Every round is there: the end record (two copies of it, so that no single
+            // damaged byte makes it look torn), or its torn beginning.
+            let extent = 2 * END_LEN as u64;
+            if len - at < END_LEN as u64 {
+                return Ok(Ok(()));
             }
+            let mut e = [0u8; 2 * END_LEN];
+            let have = (len - at).min(extent) as usize;
+            j.f.read_exact_at(&mut e[..have], at)
+                .map_err(io_err("read the journal"))?;
+            let valid = |e: &[u8]| {
+                e[0..8] == END_MAGIC && u64_at(e, 8) == k && e[48..64] == link(&j.chain, &e[..48])
+            };
+            let good = if valid(&e[..END_LEN]) {
+                Some(&e[..END_LEN])
+            } else if have == 2 * END_LEN && valid(&e[END_LEN..]) {
+                Some(&e[END_LEN..])
+            } else {
+                None
+            };
+            let Some(e) = good else {
+                if len - at <= extent {
+                    return Ok(Ok(()));
+                }
+                return Ok(damaged("the end record".into(), at, extent));
+            };
+            if len - at > extent {
+                return Ok(Err(format!(
+                    "is damaged: {} bytes follow the end record at offset {at}",
+                    len - at - extent
+                )));
+            }
+            // A valid end record tells the truth even if its append was cut short: the
+            // rounds and the stamp were durable before it was written.
+            j.done = Some(sha_at(e, 16));
+            j.chain = e[48..64].try_into().expect("16 bytes");
+            j.log_end = len;
+            return Ok(Ok(()));
+        };
+        let save_len = plan.save.end - plan.save.start;
+        let extent = ROUND_LEN as u64 + save_len;
+        if len - at < extent {
+            return Ok(Ok(()));
         }
-        if at + ROUND_LEN as u64 > len {
-            return Ok(());
-        }
+        let mut rb = [0u8; ROUND_LEN];
         j.f.read_exact_at(&mut rb, at)
             .map_err(io_err("read the journal"))?;
-        if rb[0..8] != ROUND_MAGIC || rb[80..96] != sum16(&rb[..80]) {
-            return Ok(());
-        }
-        let k = u64_at(&rb, 8);
-        let want_k = j.last.as_ref().map_or(0, |r| r.k + 1);
-        let t = u64_at(&rb, 16);
-        let t_end = u64_at(&rb, 24);
-        let save_len = u64_at(&rb, 40);
-        let save = u64_at(&rb, 32)..u64_at(&rb, 32).saturating_add(save_len);
-        c.seek(&j.pieces, t);
-        // A round record must be the one this code would plan next, up to its length.
-        let Some(src) = c.src(&j.pieces) else {
-            return Ok(());
-        };
-        let dst_end = j.h.p0.saturating_add(t_end);
-        let want_save = if dst_end > src {
-            src..dst_end
-        } else {
-            src..src
-        };
-        if k != want_k
-            || t != c.t
-            || t != j.last.as_ref().map_or(0, |r| r.t_end)
-            || t_end <= t
-            || t_end > j.h.tail_len
-            || (t_end - t < src - (j.h.p0 + t) && t_end != j.h.tail_len)
-            || save != want_save
-        {
-            return Ok(());
-        }
+        let head_ok = rb[0..8] == ROUND_MAGIC
+            && rb[80..96] == link(&j.chain, &rb[..80])
+            && u64_at(&rb, 8) == k
+            && u64_at(&rb, 16) == plan.t
+            && u64_at(&rb, 24) == plan.t_end
+            && u64_at(&rb, 32) == plan.save.start
+            && u64_at(&rb, 40) == save_len;
         let data_at = at + ROUND_LEN as u64;
-        let Some(end_at) = data_at.checked_add(save_len).filter(|&e| e <= len) else {
-            return Ok(());
-        };
-        let mut h = Sha256::new();
-        stream(&j.f, data_at..end_at, &mut buf, |b| {
-            h.update(b);
-            Ok(())
-        })?;
-        let sha: [u8; 32] = h.finalize().into();
-        if sha != sha_at(&rb, 48) {
-            return Ok(());
+        let end_at = at + extent;
+        let mut sha = [0u8; 32];
+        if head_ok {
+            let mut h = Sha256::new();
+            stream(&j.f, data_at..end_at, &mut buf, |b| {
+                h.update(b);
+                Ok(())
+            })?;
+            sha = h.finalize().into();
         }
+        if !head_ok || sha != sha_at(&rb, 48) {
+            if len - at == extent {
+                return Ok(Ok(()));
+            }
+            return Ok(damaged(format!("the record of round {k}"), at, extent));
+        }
+        j.chain = rb[80..96].try_into().expect("16 bytes");
+        c.advance(&j.pieces, plan.t_end - plan.t);
         j.last = Some(Round {
-            k,
-            t,
-            t_end,
-            save,
             save_sha: sha,
             data_at,
             end_at,
+            check: j.chain,
+            ..plan
         });
         j.log_end = end_at;
         at = end_at;
@@ -594,11 +721,12 @@ fn put(f: &File, b: &[u8], off: &mut u64, limit: &mut Option<u64>) -> Result<boo
 }
 
 /// Copies the old mailbox bytes `r.save` to the journal at `*off` and fills in the record's
-/// digest and offsets; the record header goes in front of them.
+/// digest, offsets and link (after `prev`); the record header goes in front of them.
 fn put_round(
     jf: &File,
     mbox: &File,
     r: &mut Round,
+    prev: &[u8; 16],
     off: &mut u64,
     limit: &mut Option<u64>,
     buf: &mut [u8],
@@ -621,8 +749,10 @@ fn put_round(
     }
     r.save_sha = h.finalize().into();
     r.end_at = at;
+    let head = encode_round(r, prev);
+    r.check = head[80..96].try_into().expect("16 bytes");
     let mut hoff = head_at;
-    if !put(jf, &encode_round(r), &mut hoff, limit)? {
+    if !put(jf, &head, &mut hoff, limit)? {
         return Ok(false);
     }
     *off = at;
@@ -702,16 +832,21 @@ fn create_tmp(
         .filter(|&e| e < s_old)
         .ok_or_else(|| MailboxError::Journal("nothing to remove".into()))?;
     let table = pieces.encode();
-    let header = Header {
+    let mut header = Header {
         dev: meta.dev(),
         ino: meta.ino(),
         p0,
         s_old,
         tail_len,
         pieces: pieces.0.len() as u64,
-        stale_sha: sampled_digest(mbox, end..s_old, &mut buf)?,
+        stale_sha: [0; 32],
         pieces_sha: Sha256::digest(&table).into(),
+        nonce: new_nonce()?,
+        min_round: min_round.max(1),
     };
+    debug_assert_eq!(header.new_end(), end);
+    header.stale_sha = sampled_digest(mbox, header.stale_checked(), &mut buf)?;
+    let chain = header.chain_seed();
     let mut limit = match crash {
         Crash::JournalWrite(n) => Some(n),
         _ => None,
@@ -724,12 +859,13 @@ fn create_tmp(
     }
     drop(table);
     let mut last = None;
-    if let Some(mut r) = plan_round(&header, &pieces, Cursor::START, 0, min_round) {
-        if !put_round(&out, mbox, &mut r, &mut off, &mut limit, &mut buf)? {
+    if let Some(mut r) = plan_round(&header, &pieces, Cursor::START, 0, header.min_round) {
+        if !put_round(&out, mbox, &mut r, &chain, &mut off, &mut limit, &mut buf)? {
             return Ok(None);
         }
         last = Some(r);
     }
+    let chain = last.as_ref().map_or(chain, |r| r.check);
     if limit.is_some() {
         // The whole journal fit in the simulated crash's budget: it was still not synced.
         return Ok(None);
@@ -742,6 +878,7 @@ fn create_tmp(
         last,
         done: None,
         log_end: off,
+        chain,
     }))
 }
 
@@ -805,10 +942,13 @@ fn put_end(j: &mut Journal, mbox: &File, buf: &mut [u8]) -> Result<(), MailboxEr
     let fin = sampled_digest(mbox, j.h.p0..j.h.new_end(), buf)?;
     j.f.set_len(j.log_end)
         .map_err(io_err("write the journal"))?;
-    j.f.write_all_at(&encode_end(&fin), j.log_end)
+    let k = j.last.as_ref().map_or(0, |r| r.k + 1);
+    let e = encode_end(k, &fin, &j.chain);
+    j.f.write_all_at(&[e, e].concat(), j.log_end)
         .map_err(io_err("write the journal"))?;
     j.f.sync_data().map_err(io_err("sync the journal"))?;
-    j.log_end += END_LEN as u64;
+    j.log_end += 2 * END_LEN as u64;
+    j.chain = e[48..64].try_into().expect("16 bytes");
     j.done = Some(fin);
     Ok(())
 }
@@ -839,38 +979,48 @@ fn run(
     let mut buf = vec![0u8; COPY_CHUNK];
     let h = j.h;
     let size = mbox.metadata().map_err(io_err("stat the mailbox"))?.len();
-    let unfinished =
-        size >= h.s_old && sampled_digest(mbox, h.new_end()..h.s_old, &mut buf)? == h.stale_sha;
-    if !unfinished {
-        // The truncate happened (anything past the new end is mail appended since): only
-        // confirm that the tail really is the one this journal finished before forgetting it.
-        let ok = match j.done {
-            Some(want) => {
-                size >= h.new_end() && sampled_digest(mbox, h.p0..h.new_end(), &mut buf)? == want
-            }
-            None => false,
+    let refuse = |why: &str| {
+        MailboxError::Journal(format!(
+            "mailbox does not match {} (size {size}, journal expects {} tail bytes at {}): \
+             {why}; left in place for the administrator",
+            journal.display(),
+            h.tail_len,
+            h.p0,
+        ))
+    };
+    if let Some(want) = j.done {
+        // The stamp was durable before the end record was written: whether it is still there
+        // tells whether the truncate happened.
+        let l = h.stamp_len() as usize;
+        let mut stamp = [0u8; STAMP_LEN as usize];
+        let stamped = size >= h.new_end() + l as u64 && {
+            read_exact_at(mbox, &mut stamp[..l], h.new_end())?;
+            stamp[..l] == h.nonce[..l]
         };
-        if !ok {
-            return Err(MailboxError::Journal(format!(
-                "mailbox does not match {} (size {size}, journal expects {} tail bytes at {}{}); \
-                 left in place for the administrator",
-                journal.display(),
-                h.tail_len,
-                h.p0,
-                if j.done.is_none() {
-                    ", and its copy never finished"
-                } else {
-                    ""
-                }
-            )));
+        if !stamped {
+            // The truncate happened (anything past the new end is mail appended since): only
+            // confirm that the tail really is the one this journal finished before forgetting
+            // it.
+            if size < h.new_end() || sampled_digest(mbox, h.p0..h.new_end(), &mut buf)? != want {
+                return Err(refuse("its new tail is not the one the journal finished"));
+            }
+            if crash == Crash::AfterTruncate {
+                return Ok(Reached::Crashed);
+            }
+            remove(journal)?;
+            return Ok(Reached::Done);
         }
-        if crash == Crash::AfterTruncate {
-            return Ok(Reached::Crashed);
+        if size < h.s_old {
+            return Err(refuse("the stamped stale region was cut short"));
         }
-        remove(journal)?;
-        return Ok(Reached::Done);
-    }
-    if j.done.is_none() {
+    } else {
+        // The copy is unfinished, so the truncate never happened: the stale region, which no
+        // round writes, must be whole (but for the stamp's place).
+        if size < h.s_old || sampled_digest(mbox, h.stale_checked(), &mut buf)? != h.stale_sha {
+            return Err(refuse(
+                "its copy never finished and the bytes no round writes have changed",
+            ));
+        }
         let mut budget = match crash {
             Crash::MidCopy(n) => Some(n),
             _ => None,
@@ -891,7 +1041,7 @@ fn run(
                 break;
             }
             let k = j.last.as_ref().map_or(0, |r| r.k + 1);
-            let Some(mut r) = plan_round(&h, &j.pieces, c, k, min_round) else {
+            let Some(mut r) = plan_round(&h, &j.pieces, c, k, h.min_round) else {
                 return Err(MailboxError::Journal("pieces end before the tail".into()));
             };
             // Cut off a torn record before appending.
@@ -900,11 +1050,13 @@ fn run(
             let mut off = j.log_end;
             let torn = crash == Crash::TornRecord(k);
             let mut limit = torn.then_some((ROUND_LEN / 2) as u64);
-            if !put_round(&j.f, mbox, &mut r, &mut off, &mut limit, &mut buf)? || torn {
+            let prev = j.chain;
+            if !put_round(&j.f, mbox, &mut r, &prev, &mut off, &mut limit, &mut buf)? || torn {
                 return Ok(Reached::Crashed);
             }
             j.f.sync_data().map_err(io_err("sync the journal"))?;
             j.log_end = off;
+            j.chain = r.check;
             j.last = Some(r.clone());
             if crash == Crash::AfterRecord(k) {
                 return Ok(Reached::Crashed);
@@ -935,14 +1087,26 @@ fn run(
             return Ok(Reached::Crashed);
         }
         let rest = match crash {
-            Crash::MidCopy(_) | Crash::AfterCopy | Crash::BeforeTruncate | Crash::AfterTruncate => {
-                crash
-            }
+            Crash::MidCopy(_)
+            | Crash::AfterCopy
+            | Crash::AfterStamp
+            | Crash::BeforeTruncate
+            | Crash::AfterTruncate => crash,
             _ => Crash::None,
         };
         return run(journal, j2, mbox, rest, min_round);
     }
     if j.done.is_none() {
+        // The stamp: the start of the stale region (garbage from now on) gets the nonce,
+        // durably, before the end record says the copy is over. Once the end record exists,
+        // a stale region that does not start with the stamp has been truncated.
+        let l = h.stamp_len() as usize;
+        mbox.write_all_at(&h.nonce[..l], h.new_end())
+            .map_err(io_err("write the mailbox"))?;
+        mbox.sync_data().map_err(io_err("sync the mailbox"))?;
+        if crash == Crash::AfterStamp {
+            return Ok(Reached::Crashed);
+        }
         put_end(&mut j, mbox, &mut buf)?;
     }
     if crash == Crash::BeforeTruncate {
@@ -977,6 +1141,15 @@ fn open_verified(journal: &Path) -> Result<Option<Journal>, MailboxError> {
         }
         Parse::Ok(j) => return Ok(Some(*j)),
         Parse::Corrupt(why) => why,
+        Parse::Refuse(why) => {
+            return Err(MailboxError::JournalRefused(format!(
+                "{} {why}; neither it nor the mailbox was touched: replaying it could \
+                 corrupt the mailbox, and moving it away would leave a half-compacted \
+                 mailbox in use. Check the mailbox (pop-spool check), restore or repair it, \
+                 then move the journal away",
+                journal.display()
+            )))
+        }
     };
     // A journal under its final name was complete and fsynced when installed, so this is
     // storage failure or tampering: keep the evidence, never guess.
@@ -1138,5 +1311,132 @@ pub(crate) fn exists(p: &Path) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MBOX: &[u8] = b"From a@example.org Thu Jan  1 00:00:00 1970\nSubject: one\n\nbody\n\nFrom b@example.org Thu Jan  1 00:00:00 1970\nSubject: two\n\nline\n";
+
+    fn setup(dir: &Path) -> (PathBuf, PathBuf, File) {
+        let (m, j) = (dir.join("mbox"), dir.join("mbox.journal"));
+        fs::write(&m, MBOX).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&m).unwrap();
+        (m, j, f)
+    }
+
+    fn cut(r: Range<usize>) -> Vec<u8> {
+        [&MBOX[..r.start], &MBOX[r.end..]].concat()
+    }
+
+    /// A journal of the previous format is refused, and it and the mailbox stay as they are.
+    #[test]
+    fn a_version_3_journal_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, j, f) = setup(dir.path());
+        let len = MBOX.len() as u64;
+        let r = compact(
+            &j,
+            &f,
+            std::slice::from_ref(&(3..20)),
+            len,
+            1,
+            Crash::AfterRecord(1),
+        )
+        .unwrap();
+        assert_eq!(r, Reached::Crashed);
+        let mut b = fs::read(&j).unwrap();
+        b[8..12].copy_from_slice(&JOURNAL_VERSION_OLD.to_le_bytes());
+        fs::write(&j, &b).unwrap();
+        let before = fs::read(&m).unwrap();
+        let e = recover(&j, &m, &f).unwrap_err();
+        assert!(matches!(e, MailboxError::JournalRefused(_)), "{e}");
+        assert!(e.to_string().contains("format version 3"), "{e}");
+        assert_eq!(fs::read(&j).unwrap(), b);
+        assert_eq!(fs::read(&m).unwrap(), before);
+        let (code, _) = e.response();
+        assert_eq!(code, Some(spool_wire::pop3::response::RespCode::SysTemp));
+    }
+
+    /// Any one damaged byte of the end record (either copy) still reads as the end.
+    #[test]
+    fn one_damaged_end_record_copy_is_enough() {
+        for copy in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, j, f) = setup(dir.path());
+            let len = MBOX.len() as u64;
+            let r = compact(
+                &j,
+                &f,
+                std::slice::from_ref(&(3..20)),
+                len,
+                1,
+                Crash::AfterTruncate,
+            )
+            .unwrap();
+            assert_eq!(r, Reached::Crashed);
+            let mut b = fs::read(&j).unwrap();
+            let at = b.len() - 2 * END_LEN + copy * END_LEN + 20;
+            b[at] ^= 4;
+            fs::write(&j, &b).unwrap();
+            assert!(recover(&j, &m, &f).unwrap());
+            assert_eq!(fs::read(&m).unwrap(), cut(3..20));
+            assert!(!j.exists());
+        }
+    }
+
+    /// A stale region shorter than the stamp: the stamp is that short, and mail appended after
+    /// the truncate is kept whatever its first bytes.
+    #[test]
+    fn a_stale_region_shorter_than_the_stamp() {
+        for (del, stop) in [
+            (5..6usize, Crash::AfterStamp),
+            (5..6, Crash::BeforeTruncate),
+            (5..9, Crash::AfterTruncate),
+            (MBOX.len() - 3..MBOX.len(), Crash::AfterTruncate),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, j, f) = setup(dir.path());
+            let len = MBOX.len() as u64;
+            let d = del.start as u64..del.end as u64;
+            let r = compact(&j, &f, &[d], len, 1, stop).unwrap();
+            assert_eq!(r, Reached::Crashed);
+            let mut want = cut(del.clone());
+            if stop == Crash::AfterTruncate {
+                // The very bytes that were cut, delivered again.
+                let late = &MBOX[want.len()..];
+                let mut a = OpenOptions::new().append(true).open(&m).unwrap();
+                io::Write::write_all(&mut a, late).unwrap();
+                want.extend_from_slice(late);
+            }
+            assert!(recover(&j, &m, &f).unwrap());
+            assert_eq!(fs::read(&m).unwrap(), want, "{del:?} {stop:?}");
+        }
+    }
+
+    /// Bytes after the end record cannot come from a crash: refused, left in place.
+    #[test]
+    fn bytes_after_the_end_record_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, j, f) = setup(dir.path());
+        let len = MBOX.len() as u64;
+        let r = compact(
+            &j,
+            &f,
+            std::slice::from_ref(&(3..20)),
+            len,
+            1,
+            Crash::BeforeTruncate,
+        )
+        .unwrap();
+        assert_eq!(r, Reached::Crashed);
+        let mut b = fs::read(&j).unwrap();
+        b.push(0);
+        fs::write(&j, &b).unwrap();
+        let e = recover(&j, &m, &f).unwrap_err();
+        assert!(matches!(e, MailboxError::JournalRefused(_)), "{e}");
+        assert!(j.exists());
     }
 }
