@@ -87,6 +87,11 @@ struct Args {
     #[arg(long)]
     ignore_password_aging: bool,
 
+    /// Accept only a router's login token (pop-route) made with the key in this file instead
+    /// of the password; the source then only finds the account.
+    #[arg(long, value_name = "FILE")]
+    token_key: Option<PathBuf>,
+
     /// Pass this environment variable through to PROG as well (repeatable).
     #[arg(long, value_name = "NAME")]
     keep_env: Vec<String>,
@@ -140,6 +145,7 @@ impl Args {
             allow_des: self.allow_des,
             keep_env: self.keep_env.clone(),
             fd3_timeout: Duration::from_secs(self.fd3_timeout),
+            token_key: self.token_key.clone(),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod lines;
 pub mod passwdfile;
 pub mod system;
+pub mod token;
 
 use spool_wire::log::{Level, Logger};
 use std::ffi::OsString;
@@ -67,6 +68,8 @@ pub enum Denied {
     ShellNotListed(String),
     /// Not running as root and the account is not the invoking user.
     NeedsRoot(u32),
+    /// `--token-key`: the password field is not a valid token for this user now.
+    BadToken(token::TokenError),
 }
 
 impl fmt::Display for Denied {
@@ -91,6 +94,7 @@ impl fmt::Display for Denied {
                 f,
                 "uid {u} is not the invoking user; serving other users needs root"
             ),
+            Denied::BadToken(e) => write!(f, "{e}"),
         }
     }
 }
@@ -168,6 +172,10 @@ pub struct Config {
     pub keep_env: Vec<String>,
     /// Bound on reading fd 3.
     pub fd3_timeout: Duration,
+    /// `--token-key`: the password field must be a router's token ([`token`]) made with the key
+    /// in this file; the source is used only to find the account, its secret is not checked
+    /// (a locked account is still refused).
+    pub token_key: Option<PathBuf>,
 }
 
 /// The stored secret of an account.
@@ -257,6 +265,21 @@ pub fn authenticate(
 ) -> Result<Verified, AuthError> {
     let user = creds.user();
     let password = creds.password();
+    // Token mode: the token is checked first (one HMAC, the same for every user), and decides
+    // alone; the account source then only finds the account.
+    let token_ok = match &cfg.token_key {
+        None => false,
+        Some(path) => {
+            let key = token::Key::load(path)
+                .map_err(|e| AuthError::Temporary(format!("token key {}: {e}", path.display())))?;
+            if user.is_empty() {
+                return Err(AuthError::BadCredentials(Denied::EmptyUser));
+            }
+            key.verify(user, password, token::now())
+                .map_err(|e| AuthError::BadCredentials(Denied::BadToken(e)))?;
+            true
+        }
+    };
     // What every failure costs: for system accounts, yescrypt at Debian's default (what
     // `passwd` writes) or the shadow file's costliest hash if that costs more; for a
     // passwd-file, its most expensive hash, or nothing if it is all plaintext.
@@ -313,7 +336,9 @@ pub fn authenticate(
         }
     };
     let Some(account) = found else {
-        dummy.spend(password);
+        if !token_ok {
+            dummy.spend(password);
+        }
         let why = if user.is_empty() {
             Denied::EmptyUser
         } else {
@@ -323,6 +348,10 @@ pub fn authenticate(
     };
 
     let matched = match &account.secret {
+        Secret::Locked if token_ok => {
+            return Err(AuthError::BadCredentials(Denied::Locked));
+        }
+        _ if token_ok => true,
         Secret::Crypt(hash) => {
             let format = crypt::Format::of(hash);
             if !format.acceptable(cfg.allow_des) {
