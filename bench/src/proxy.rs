@@ -121,15 +121,22 @@ impl Row {
 /// A started path: the port clients connect to and every process tree it spends CPU in.
 struct Up {
     port: u16,
-    children: Vec<Child>,
+    /// Each process tree with what it is, for the CPU breakdown.
+    children: Vec<(Child, &'static str)>,
 }
 
 impl Up {
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+    fn one(child: Child, port: u16, what: &'static str) -> Up {
+        Up {
+            port,
+            children: vec![(child, what)],
+        }
+    }
+    fn pids(&self) -> Vec<(u32, &'static str)> {
+        self.children.iter().map(|(c, w)| (c.id(), *w)).collect()
     }
     fn stop(&mut self) {
-        for c in &mut self.children {
+        for (c, _) in &mut self.children {
             conn::stop(c);
         }
     }
@@ -144,6 +151,8 @@ struct Cell {
     secs: f64,
     p50: Duration,
     server_cpu_ms: Option<f64>,
+    /// Server CPU ms/session per part of the path, in the path's order.
+    parts: Vec<(&'static str, f64)>,
     client_cpu_ms: f64,
 }
 
@@ -230,12 +239,12 @@ fn session(addr: &SocketAddr, i: usize, buf: &mut String) -> Result<(), String> 
 }
 
 /// `clients` threads looping sessions against `port` for `secs`; CPU of the `pids` trees.
-fn measure(port: u16, pids: &[u32], clients: usize, secs: f64) -> Cell {
+fn measure(port: u16, pids: &[(u32, &'static str)], clients: usize, secs: f64) -> Cell {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stop = Arc::new(AtomicBool::new(false));
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks = || -> Option<u64> { pids.iter().map(|&p| conn::tree_ticks(p)).sum() };
+    let ticks = || -> Option<Vec<u64>> { pids.iter().map(|&(p, _)| conn::tree_ticks(p)).collect() };
     let ticks0 = ticks();
     let cpu0 = conn::self_cpu();
     let t0 = Instant::now();
@@ -287,7 +296,15 @@ fn measure(port: u16, pids: &[u32], clients: usize, secs: f64) -> Cell {
     let n = cell.sessions.max(1) as f64;
     cell.client_cpu_ms = (conn::self_cpu() - cpu0).as_secs_f64() * 1e3 / n;
     if let (Some(a), Some(b)) = (ticks0, ticks()) {
-        cell.server_cpu_ms = Some(b.saturating_sub(a) as f64 / hz * 1e3 / n);
+        let ms = |t: u64| t as f64 / hz * 1e3 / n;
+        for ((&(_, what), a), b) in pids.iter().zip(a).zip(b) {
+            let t = ms(b.saturating_sub(a));
+            match cell.parts.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, x)) => *x += t,
+                None => cell.parts.push((what, t)),
+            }
+        }
+        cell.server_cpu_ms = Some(cell.parts.iter().map(|(_, t)| t).sum());
     }
     cell
 }
@@ -444,10 +461,7 @@ impl Paths<'_> {
             Row::Direct => {
                 let d = self.world("direct")?;
                 let (c, port) = under_tcpserver(&d, "chain", &conn::chain_argv(&d, self.bins)?)?;
-                Ok(Up {
-                    port,
-                    children: vec![c],
-                })
+                Ok(Up::one(c, port, "chain"))
             }
             Row::Nginx => self.start_nginx(),
             Row::DovecotDirect => {
@@ -456,10 +470,7 @@ impl Paths<'_> {
                 }
                 let d = self.world("dovecot-direct")?;
                 let (c, port) = conn::start_dovecot_with(&d, self.o, None, &conn::wait_for)?;
-                Ok(Up {
-                    port,
-                    children: vec![c],
-                })
+                Ok(Up::one(c, port, "Dovecot"))
             }
             Row::DovecotProxy => {
                 if self.opts.no_dovecot {
@@ -475,7 +486,7 @@ impl Paths<'_> {
                         let d = self.world(&format!("dovecot-b{k}"))?;
                         let (c, port) =
                             conn::start_dovecot_with(&d, self.o, None, &conn::wait_for)?;
-                        up.children.push(c);
+                        up.children.push((c, "backends"));
                         ports.push(port);
                     }
                     let d = self.world("dovecot-proxy")?;
@@ -489,7 +500,7 @@ impl Paths<'_> {
                         return Err("the Dovecot configuration has no passwd-file passdb".into());
                     }
                     let (c, port) = conn::start_dovecot_conf(&d, self.o, &conf, &conn::wait_for)?;
-                    up.children.push(c);
+                    up.children.push((c, "Dovecot proxy"));
                     up.port = port;
                     Ok(())
                 })();
@@ -536,7 +547,7 @@ impl Paths<'_> {
                 let d = self.world(&format!("b{k}"))?;
                 let (c, port) =
                     under_tcpserver(&d, "chain-token", &token_chain_argv(&d, self.bins, &key)?)?;
-                up.children.push(c);
+                up.children.push((c, "backends"));
                 backends.push(port);
             }
             // pop-route checks the password against the front's users (the same passwords).
@@ -564,7 +575,7 @@ impl Paths<'_> {
                 "/bin/true".into(),
             ]);
             let (c, auth_port) = under_tcpserver_quiet(&d, "pop-route", &argv)?;
-            up.children.push(c);
+            up.children.push((c, "pop-route"));
             let port = conn::free_port().map_err(|e| e.to_string())?;
             let conf = d.join("nginx.conf");
             fs::write(
@@ -594,7 +605,7 @@ impl Paths<'_> {
                 .spawn()
                 .map_err(|e| format!("{}: {e}", nginx.display()))?;
             let ready = conn::wait_for(port, &mut child);
-            up.children.push(child);
+            up.children.push((child, "nginx"));
             up.port = port;
             ready.map_err(|e| {
                 let log = fs::read_to_string(&stderr).unwrap_or_default()
@@ -633,9 +644,15 @@ impl Results {
     fn rate(&self, row: Row) -> Option<f64> {
         self.cell(row).filter(|c| c.errors == 0).map(Cell::rate)
     }
+    /// The hop's server CPU per session, ms: the proxied path's minus the straight one's.
     fn hop_ms(&self, row: Row) -> Option<f64> {
         let d = self.cell(row.direct()?)?.server_cpu_ms?;
         Some(self.cell(row)?.server_cpu_ms? - d)
+    }
+    /// The hop's cost in median latency, ms.
+    fn hop_p50_ms(&self, row: Row) -> Option<f64> {
+        let d = self.cell(row.direct()?)?.p50;
+        Some((self.cell(row)?.p50.as_secs_f64() - d.as_secs_f64()) * 1e3)
     }
     /// Whether a path that started failed its warm-up or every session.
     fn failed(&self) -> bool {
@@ -797,7 +814,7 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
     }
     out.push('\n');
     out.push_str(
-        "| path | sessions/s | p50 latency | server CPU ms/session | hop's CPU ms/session | client CPU ms/session |\n\
+        "| path | sessions/s | p50 latency | server CPU ms/session | hop's cost: CPU ms/session · p50 ms | client CPU ms/session |\n\
          |---|--:|--:|--:|--:|--:|\n",
     );
     for (row, cell) in &r.rows {
@@ -817,7 +834,8 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
                         .map(|m| format!("{m:.2}"))
                         .unwrap_or_else(|| "—".into()),
                     r.hop_ms(*row)
-                        .map(|m| format!("{m:+.2}"))
+                        .zip(r.hop_p50_ms(*row))
+                        .map(|(m, l)| format!("{m:+.2} · {l:+.1}"))
                         .unwrap_or_else(|| "—".into()),
                     c.client_cpu_ms,
                 );
@@ -827,10 +845,25 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
             }
         }
     }
+    out.push('\n');
+    for (row, cell) in &r.rows {
+        if let Some(c) = cell.as_ref().ok().filter(|c| c.parts.len() > 1) {
+            let _ = writeln!(
+                out,
+                "- {}, server CPU ms/session by part: {}",
+                row.name(),
+                c.parts
+                    .iter()
+                    .map(|(w, t)| format!("{w} {t:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     for (row, cell) in &r.rows {
         if let Ok(c) = cell {
             if let Some(e) = c.first_error.as_ref().filter(|_| c.errors > 0) {
-                let _ = write!(out, "\n- {}: {} errors, first: {e}", row.name(), c.errors);
+                let _ = writeln!(out, "- {}: {} errors, first: {e}", row.name(), c.errors);
             }
         }
     }
