@@ -79,6 +79,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-deliver",
         "pop-spool",
         "pop-tls",
+        "pop-route",
     ] {
         let m = std::fs::metadata(bin.join(p)).unwrap_or_else(|_| panic!("{p} installed"));
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o755), "{p}");
@@ -138,6 +139,7 @@ fn install_sets_owners_modes_and_the_spool() {
         "pop-deliver.8",
         "pop-spool.8",
         "pop-tls.8",
+        "pop-route.8",
     ] {
         assert!(
             dest.path()

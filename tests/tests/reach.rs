@@ -12,7 +12,7 @@ use std::process::Command;
 const STORE: &str = "spool-store";
 const LOGIN: &str = "spool-login";
 const WIRE: &str = "spool-wire";
-const LOGIN_PROGRAMS: &[&str] = &["pop-popup", "pop-checkpassword"];
+const LOGIN_PROGRAMS: &[&str] = &["pop-popup", "pop-checkpassword", "pop-route"];
 const TRANSACTION_PROGRAMS: &[&str] = &["pop-serve", "pop-dotlock", "pop-deliver", "pop-spool"];
 
 /// The resolved package graph: each package's name, its `links` key, and the names of the

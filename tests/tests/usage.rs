@@ -10,6 +10,7 @@ fn usage_errors_stay_off_a_socket_stderr() {
         ("pop-serve", 100),
         ("pop-popup", 100),
         ("pop-checkpassword", 2),
+        ("pop-route", 100),
     ] {
         let out = Command::new(bin(prog))
             .arg("--no-such-option")

@@ -122,6 +122,7 @@ fn real_main() -> u8 {
         max_attempts: args.max_attempts,
         wait_base: Duration::from_secs(args.wait),
         read_timeout: Duration::from_secs(args.read_timeout),
+        export_client_ip: true,
     };
     let (mut input, mut output) = match (
         FdInput::new(0),

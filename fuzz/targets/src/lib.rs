@@ -12,6 +12,7 @@
 //! [`split::two`]: a flags byte, a 16-bit little-endian length, the first file, the rest.
 
 pub mod accounts;
+pub mod auth_http;
 pub mod checkpw_fd3;
 pub mod command_parse;
 pub mod line_buffer;
@@ -74,6 +75,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "checkpw_fd3",
         run: checkpw_fd3::run,
+    },
+    Target {
+        name: "auth_http",
+        run: auth_http::run,
     },
 ];
 

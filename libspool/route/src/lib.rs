@@ -60,6 +60,9 @@ pub struct RouteConfig {
     pub max_attempts: u32,
     pub wait_base: Duration,
     pub read_timeout: Duration,
+    /// Set `TCPREMOTEIP` to the request's `Client-IP` for the checkpassword program, so its log
+    /// names the client rather than nginx (off in tests that share one process environment).
+    pub export_client_ip: bool,
 }
 
 /// The `Auth-Wait` after failed attempt `attempt` (from 1): `base`, doubled per further
@@ -154,8 +157,17 @@ fn decide<C: Checker>(
             return (EXIT_ANSWERED, refuse(cfg, req.attempt, STATUS_INVALID));
         }
     };
-    if req.user.is_empty() || req.user.len() > MAX_USER_LEN || req.pass.len() > MAX_PASSWORD_LEN {
-        say(Level::Info, "refused: user or password empty or too long");
+    // Control bytes in a name (nginx escapes them, so they arrive as %XX) are refused, as
+    // pop-popup refuses them: nginx would send the name to the backend on a USER line.
+    if req.user.is_empty()
+        || req.user.len() > MAX_USER_LEN
+        || req.pass.len() > MAX_PASSWORD_LEN
+        || req.user.iter().any(|&b| b < 0x20 || b == 0x7f)
+    {
+        say(
+            Level::Info,
+            "refused: unusable user name or password too long",
+        );
         return (EXIT_ANSWERED, refuse(cfg, req.attempt, STATUS_INVALID));
     }
     let key = match token::Key::load(&cfg.token_key) {
@@ -176,6 +188,12 @@ fn decide<C: Checker>(
     if payload.len() > MAX_CHECKPASSWORD_INPUT {
         say(Level::Info, "refused: credentials too long");
         return (EXIT_ANSWERED, refuse(cfg, req.attempt, STATUS_INVALID));
+    }
+    if cfg.export_client_ip {
+        // A parsed address: nothing else from the request reaches the environment.
+        if let Some(ip) = req.client_ip {
+            std::env::set_var("TCPREMOTEIP", ip.to_string());
+        }
     }
     match checker.check(&payload) {
         CheckStatus::Served => {
@@ -229,6 +247,7 @@ mod tests {
             max_attempts: 3,
             wait_base: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
+            export_client_ip: false,
         };
         (d, cfg)
     }
@@ -289,6 +308,10 @@ mod tests {
         assert!(out.contains("Auth-Status: OK"));
         assert_eq!(seen, vec![b"alice\0pw\0<1.2@host>\0".to_vec()]);
         let (_, out, seen) = run(&cfg, &req("cram-md5", 1, ""), CheckStatus::Served);
+        assert!(out.contains(STATUS_INVALID), "{out}");
+        assert!(seen.is_empty());
+        let crlf = req("plain", 1, "").replace("Auth-User: alice", "Auth-User: al%0D%0Aice");
+        let (_, out, seen) = run(&cfg, &crlf, CheckStatus::Served);
         assert!(out.contains(STATUS_INVALID), "{out}");
         assert!(seen.is_empty());
     }
