@@ -10,7 +10,9 @@
 //!   backend's `pop-checkpassword --token-key` accepts instead of the password;
 //! - Dovecot's own proxying as the anchor: a Dovecot instance whose passdb answers `proxy=y`
 //!   with `host=` and `port=` (it checks the password and passes it on) in front of three
-//!   Dovecot POP3 backends, each with its own base directory, configuration and users;
+//!   Dovecot POP3 backends, each with its own base directory, configuration and users, once
+//!   with Dovecot's default login processes (one per connection) and once with the
+//!   high-performance mode Dovecot's documentation suggests for proxies (`service_count = 0`);
 //! - Dovecot straight to one backend.
 //!
 //! Server CPU per session is summed over every process tree of the path (nginx, pop-route's
@@ -87,14 +89,16 @@ enum Row {
     Direct,
     Nginx,
     DovecotProxy,
+    DovecotProxyTuned,
     DovecotDirect,
 }
 
 impl Row {
-    const ALL: [Row; 4] = [
+    const ALL: [Row; 5] = [
         Row::Direct,
         Row::Nginx,
         Row::DovecotProxy,
+        Row::DovecotProxyTuned,
         Row::DovecotDirect,
     ];
     fn name(self) -> &'static str {
@@ -102,6 +106,9 @@ impl Row {
             Row::Direct => "our chain, straight to one backend",
             Row::Nginx => "nginx mail proxy + pop-route → 3 backend chains (token)",
             Row::DovecotProxy => "Dovecot proxy (`proxy=y`) → 3 Dovecot backends",
+            Row::DovecotProxyTuned => {
+                "Dovecot proxy, login `service_count = 0` → the same 3 backends"
+            }
             Row::DovecotDirect => "Dovecot, straight to one backend",
         }
     }
@@ -109,18 +116,23 @@ impl Row {
     fn direct(self) -> Option<Row> {
         match self {
             Row::Nginx => Some(Row::Direct),
-            Row::DovecotProxy => Some(Row::DovecotDirect),
+            Row::DovecotProxy | Row::DovecotProxyTuned => Some(Row::DovecotDirect),
             _ => None,
         }
     }
     fn dovecot(self) -> bool {
-        matches!(self, Row::DovecotProxy | Row::DovecotDirect)
+        matches!(
+            self,
+            Row::DovecotProxy | Row::DovecotProxyTuned | Row::DovecotDirect
+        )
     }
 }
 
 /// A started path: the port clients connect to and every process tree it spends CPU in.
 struct Up {
     port: u16,
+    /// The backends' ports, for a second front on the same backends.
+    backends: Vec<u16>,
     /// Each process tree with what it is, for the CPU breakdown.
     children: Vec<(Child, &'static str)>,
 }
@@ -129,6 +141,7 @@ impl Up {
     fn one(child: Child, port: u16, what: &'static str) -> Up {
         Up {
             port,
+            backends: Vec::new(),
             children: vec![(child, what)],
         }
     }
@@ -456,7 +469,42 @@ impl Paths<'_> {
         Ok(d)
     }
 
-    fn start(&self, row: Row) -> Result<Up, String> {
+    /// A Dovecot proxy instance in front of the backends on `ports`; `tuned`: its login
+    /// processes in high-performance mode (`service_count = 0`, each serving many
+    /// connections), as Dovecot's documentation suggests for proxies.
+    fn start_dovecot_proxy(
+        &self,
+        name: &str,
+        ports: &[u16],
+        tuned: bool,
+    ) -> Result<(Child, u16), String> {
+        let d = self.world(name)?;
+        let passdb = d.join("proxy-users");
+        fs::write(&passdb, dovecot_proxy_users(ports)).map_err(|e| e.to_string())?;
+        let users = format!("args = {}/users\n}}\nuserdb", d.display());
+        let proxied = format!("args = {}\n}}\nuserdb", passdb.display());
+        let login = "service pop3-login {\n";
+        let fast = "service pop3-login {\n  service_count = 0\n  process_min_avail = 2\n";
+        let conf = |port| {
+            let c = conn::dovecot_conf(&d, port, None).replacen(&users, &proxied, 1);
+            if tuned {
+                c.replacen(login, fast, 1)
+            } else {
+                c
+            }
+        };
+        let c = conf(0);
+        if !c.contains(&proxied) || (tuned && !c.contains(fast)) {
+            return Err(
+                "the Dovecot configuration has no passwd-file passdb or login service".into(),
+            );
+        }
+        conn::start_dovecot_conf(&d, self.o, &conf, &conn::wait_for)
+    }
+
+    /// Starts `row`; `earlier` are the rows started before it (a second front reuses the
+    /// backends of the first).
+    fn start(&self, row: Row, earlier: &[(Row, Result<Up, String>)]) -> Result<Up, String> {
         match row {
             Row::Direct => {
                 let d = self.world("direct")?;
@@ -464,6 +512,17 @@ impl Paths<'_> {
                 Ok(Up::one(c, port, "chain"))
             }
             Row::Nginx => self.start_nginx(),
+            Row::DovecotProxyTuned => {
+                if self.opts.no_dovecot {
+                    return Err("left out (--no-dovecot)".into());
+                }
+                let ports = match earlier.iter().find(|(r, _)| *r == Row::DovecotProxy) {
+                    Some((_, Ok(u))) => u.backends.clone(),
+                    _ => return Err("needs the Dovecot backends, which did not start".into()),
+                };
+                let (c, port) = self.start_dovecot_proxy("dovecot-proxy-tuned", &ports, true)?;
+                Ok(Up::one(c, port, "Dovecot proxy"))
+            }
             Row::DovecotDirect => {
                 if self.opts.no_dovecot {
                     return Err("left out (--no-dovecot)".into());
@@ -478,6 +537,7 @@ impl Paths<'_> {
                 }
                 let mut up = Up {
                     port: 0,
+                    backends: Vec::new(),
                     children: Vec::new(),
                 };
                 let r = (|| {
@@ -489,19 +549,10 @@ impl Paths<'_> {
                         up.children.push((c, "backends"));
                         ports.push(port);
                     }
-                    let d = self.world("dovecot-proxy")?;
-                    let passdb = d.join("proxy-users");
-                    fs::write(&passdb, dovecot_proxy_users(&ports)).map_err(|e| e.to_string())?;
-                    let users = format!("args = {}/users\n}}\nuserdb", d.display());
-                    let proxied = format!("args = {}\n}}\nuserdb", passdb.display());
-                    let conf =
-                        |port| conn::dovecot_conf(&d, port, None).replacen(&users, &proxied, 1);
-                    if !conf(0).contains(&proxied) {
-                        return Err("the Dovecot configuration has no passwd-file passdb".into());
-                    }
-                    let (c, port) = conn::start_dovecot_conf(&d, self.o, &conf, &conn::wait_for)?;
+                    let (c, port) = self.start_dovecot_proxy("dovecot-proxy", &ports, false)?;
                     up.children.push((c, "Dovecot proxy"));
                     up.port = port;
+                    up.backends = ports;
                     Ok(())
                 })();
                 match r {
@@ -537,6 +588,7 @@ impl Paths<'_> {
         }
         let mut up = Up {
             port: 0,
+            backends: Vec::new(),
             children: Vec::new(),
         };
         let r = (|| {
@@ -690,7 +742,7 @@ fn run_inner(
         let up = if row.dovecot() && !opts.no_dovecot && !o.root {
             Err("needs root (its login and auth processes switch users)".into())
         } else {
-            paths.start(row)
+            paths.start(row, &ups)
         };
         if let Err(e) = &up {
             eprintln!("proxy: {} skipped: {e}", row.name());
@@ -726,7 +778,14 @@ fn run_inner(
             if broken[k].is_some() {
                 continue;
             }
-            let cell = measure(u.port, &u.pids(), clients, opts.seconds);
+            let mut pids = u.pids();
+            if *row == Row::DovecotProxyTuned {
+                // Its sessions end in the other proxy's backends.
+                if let Some((_, Ok(p))) = ups.iter().find(|(r, _)| *r == Row::DovecotProxy) {
+                    pids.extend(p.pids().into_iter().filter(|(_, w)| *w == "backends"));
+                }
+            }
+            let cell = measure(u.port, &pids, clients, opts.seconds);
             eprintln!(
                 "proxy: {:<56} rep {}: {:7.1}/s, {} errors{}",
                 row.name(),
@@ -791,6 +850,9 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
          host=127.0.0.1 port=…` (it checks the password and passes it on) → {BACKENDS} Dovecot \
          POP3 backends (user i on backend i mod {BACKENDS}), each with its own base directory, \
          configuration, users and mbox spool, all with the defaults of the other Dovecot runs;\n\
+         - **Dovecot proxy, `service_count = 0`**: a second proxy instance in front of the same \
+         backends with its login processes in high-performance mode (each serves many \
+         connections; `process_min_avail = 2`), as Dovecot's documentation suggests for proxies;\n\
          - **Dovecot, straight**: one such backend alone.\n\n\
          Server CPU per session is summed over every process of the path (nginx's master and \
          workers, pop-route's tcpserver and what it ran, every backend's tcpserver and what it \
@@ -895,7 +957,28 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
             );
         }
     }
-    for row in [Row::Nginx, Row::DovecotProxy] {
+    if let (Some(a), Some(b)) = (r.rate(Row::Nginx), r.rate(Row::DovecotProxyTuned)) {
+        let x = a / b;
+        let _ = writeln!(
+            out,
+            "- {} the same against Dovecot's proxy with high-performance login processes: \
+             {x:.2}x ({a:.0}/s vs {b:.0}/s)",
+            if x >= TARGET { "MET" } else { "MISSED" }
+        );
+    }
+    let cpu = |row| r.cell(row).and_then(|c| c.server_cpu_ms);
+    for other in [Row::DovecotProxy, Row::DovecotProxyTuned] {
+        if let (Some(a), Some(b)) = (cpu(Row::Nginx), cpu(other)) {
+            let _ = writeln!(
+                out,
+                "- server CPU per proxied session, {} over the nginx path: {:.2}x \
+                 ({b:.2} ms vs {a:.2} ms)",
+                other.name(),
+                b / a
+            );
+        }
+    }
+    for row in [Row::Nginx, Row::DovecotProxy, Row::DovecotProxyTuned] {
         if let (Some(p), Some(d)) = (r.rate(row), row.direct().and_then(|d| r.rate(d))) {
             let _ = writeln!(
                 out,
