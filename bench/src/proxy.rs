@@ -1082,6 +1082,16 @@ mod tests {
     }
 
     #[test]
+    fn nginx_conf_loads_the_mail_module_and_asks_the_router() {
+        let c = nginx_conf(Path::new("/w"), Path::new("/m.so"), 1100, 1200, true);
+        assert!(c.starts_with("load_module /m.so;\nuser nobody nogroup;\ndaemon off;\n"));
+        assert!(c.contains("auth_http 127.0.0.1:1200/auth;"));
+        assert!(c.contains("listen 127.0.0.1:1100;"));
+        assert!(c.contains("protocol pop3;"));
+        assert!(!nginx_conf(Path::new("/w"), Path::new("/m.so"), 1, 2, false).contains("user "));
+    }
+
+    #[test]
     fn dovecot_passdb_spreads_users() {
         let t = dovecot_proxy_users(&[1, 2, 3]);
         assert_eq!(t.lines().count(), USERS);
