@@ -479,6 +479,9 @@ impl Paths<'_> {
         tuned: bool,
     ) -> Result<(Child, u16), String> {
         let d = self.world(name)?;
+        // No mailboxes here: a session the proxy served itself would fail its STAT.
+        let spool = d.join("spool-dovecot");
+        fs::remove_dir_all(&spool).map_err(|e| format!("{}: {e}", spool.display()))?;
         let passdb = d.join("proxy-users");
         fs::write(&passdb, dovecot_proxy_users(ports)).map_err(|e| e.to_string())?;
         let users = format!("args = {}/users\n}}\nuserdb", d.display());
