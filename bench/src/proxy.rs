@@ -12,7 +12,7 @@
 //!   with `host=` and `port=` (it checks the password and passes it on) in front of three
 //!   Dovecot POP3 backends, each with its own base directory, configuration and users, once
 //!   with Dovecot's default login processes (one per connection) and once with the
-//!   high-performance mode Dovecot's documentation suggests for proxies (`service_count = 0`);
+//!   high-performance mode of Dovecot's login-process documentation (`service_count = 0`);
 //! - Dovecot straight to one backend.
 //!
 //! Server CPU per session is summed over every process tree of the path (nginx, pop-route's
@@ -471,7 +471,7 @@ impl Paths<'_> {
 
     /// A Dovecot proxy instance in front of the backends on `ports`; `tuned`: its login
     /// processes in high-performance mode (`service_count = 0`, each serving many
-    /// connections), as Dovecot's documentation suggests for proxies.
+    /// connections), the high-performance mode of Dovecot's login-process documentation.
     fn start_dovecot_proxy(
         &self,
         name: &str,
@@ -854,8 +854,8 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
          POP3 backends (user i on backend i mod {BACKENDS}), each with its own base directory, \
          configuration, users and mbox spool, all with the defaults of the other Dovecot runs;\n\
          - **Dovecot proxy, `service_count = 0`**: a second proxy instance in front of the same \
-         backends with its login processes in high-performance mode (each serves many \
-         connections; `process_min_avail = 2`), as Dovecot's documentation suggests for proxies;\n\
+         backends with its login processes in the high-performance mode of Dovecot's login-process \
+         documentation (each serves many connections; `process_min_avail = 2`);\n\
          - **Dovecot, straight**: one such backend alone.\n\n\
          Server CPU per session is summed over every process of the path (nginx's master and \
          workers, pop-route's tcpserver and what it ran, every backend's tcpserver and what it \
