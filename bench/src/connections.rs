@@ -238,7 +238,7 @@ pub(crate) fn free_port() -> io::Result<u16> {
 }
 
 /// One small message, the same bytes for every user and server.
-fn mailbox_text(i: usize) -> String {
+pub(crate) fn mailbox_text(i: usize) -> String {
     format!(
         "From bench@example.org Mon Jan  1 00:00:00 2024\nFrom: Bench <bench@example.org>\n\
          To: {u}@localhost\nSubject: connection bench\nMessage-ID: <conn-{u}@example.org>\n\n\
@@ -422,7 +422,7 @@ fn start_floor(dir: &Path, floor: &Path) -> Result<(Child, u16), String> {
 /// (the default), so every login verifies its hash, as the chain's does.
 /// With `tls` (certificate, key): `ssl = required` and the listener on pop3s (implicit TLS)
 /// instead.
-fn dovecot_conf(dir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> String {
+pub(crate) fn dovecot_conf(dir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> String {
     let d = dir.display();
     let (plain_port, tls_port, ssl) = match tls {
         None => (port, 0, "ssl = no".to_string()),
@@ -463,6 +463,16 @@ pub(crate) fn start_dovecot_with(
     tls: Option<(&Path, &Path)>,
     ready: &dyn Fn(u16, &mut Child) -> Result<(), String>,
 ) -> Result<(Child, u16), String> {
+    start_dovecot_conf(dir, o, &|port| dovecot_conf(dir, port, tls), ready)
+}
+
+/// Dovecot's daemon on DIR with the configuration `conf` makes for a free port.
+pub(crate) fn start_dovecot_conf(
+    dir: &Path,
+    o: &Owner,
+    conf: &dyn Fn(u16) -> String,
+    ready: &dyn Fn(u16, &mut Child) -> Result<(), String>,
+) -> Result<(Child, u16), String> {
     let dovecot = ["/usr/sbin/dovecot", "dovecot"]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().is_ok())
@@ -474,8 +484,9 @@ pub(crate) fn start_dovecot_with(
     for sub in ["dovecot-base", "dovecot-state"] {
         fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
     }
+    let text = conf(port);
     let conf = dir.join("dovecot.conf");
-    fs::write(&conf, dovecot_conf(dir, port, tls)).map_err(|e| e.to_string())?;
+    fs::write(&conf, text).map_err(|e| e.to_string())?;
     let mut child = Command::new(dovecot)
         .arg("-F")
         .arg("-c")

@@ -9,6 +9,7 @@
 mod client;
 mod connections;
 mod gen;
+mod proxy;
 mod report;
 mod scenario;
 mod server;
@@ -52,6 +53,9 @@ enum Cmd {
     /// POP3 over TLS: sessions/s and server CPU through pop-tls, Dovecot with TLS,
     /// tlswrapper and stunnel4, resumed sessions, and RETR throughput over TLS.
     Tls(tls::TlsOpts),
+    /// Sessions/s and server CPU through nginx's mail proxy + pop-route + three backend
+    /// chains, straight to one backend, and through Dovecot's own proxying (`proxy=y`).
+    Proxy(proxy::ProxyOpts),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
     let sub = match cli.cmd {
         Some(Cmd::Connections(opts)) => Some(("connections", connections::run(opts))),
         Some(Cmd::Tls(opts)) => Some(("tls", tls::run(opts))),
+        Some(Cmd::Proxy(opts)) => Some(("proxy", proxy::run(opts))),
         None => None,
     };
     if let Some((name, r)) = sub {
