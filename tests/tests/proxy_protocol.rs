@@ -397,26 +397,10 @@ fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
 }
 
 fn try_connect_from(source: IpAddr, to: SocketAddr) -> nix::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let IpAddr::V4(src) = source else {
+    let (IpAddr::V4(src), SocketAddr::V4(to)) = (source, to) else {
         panic!("IPv4 only")
     };
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    use std::os::fd::AsRawFd;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
-    )?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    Ok(TcpStream::from(fd))
+    popspool_tests::connect_from(src, to)
 }
 
 /// A one-connection relay on a free loopback port: it accepts, connects to `to` (from

@@ -9,7 +9,7 @@ use popspool_tests::pop::Client;
 use popspool_tests::{bin, is_root, skip, which};
 use std::fs;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,27 +34,13 @@ fn private_dir() -> tempfile::TempDir {
     d
 }
 
+/// A TCP connection to 127.0.0.1:`port` from the source address `src`.
 fn connect_from(src: &str, port: u16) -> TcpStream {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::empty(),
-        None,
+    popspool_tests::connect_from(
+        src.parse().unwrap(),
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
     )
-    .unwrap();
-    let local: SocketAddr = format!("{src}:0").parse().unwrap();
-    nix::sys::socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(local),
-    )
-    .unwrap();
-    let peer: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    nix::sys::socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(peer),
-    )
-    .unwrap();
-    TcpStream::from(sock)
+    .unwrap()
 }
 
 /// A POP3 login from `src`; true if PASS was accepted.

@@ -346,34 +346,11 @@ fn overlong_password_log_has_nothing_derived_from_it() {
 
 /// A TCP connection to 127.0.0.1:`port` from the source address `from`.
 fn connect_from(from: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
-    use std::os::fd::FromRawFd;
-    let sin = |ip: &str, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip.parse::<std::net::Ipv4Addr>().unwrap()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain system calls on a descriptor we own (closed by the OwnedFd on error) with
-    // pointers to sockaddr_in values that outlive the calls, `len` being their size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let src = sin(from, 0);
-        if libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let dst = sin("127.0.0.1", port);
-        if libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(std::net::TcpStream::from(owned))
-    }
+    popspool_tests::connect_from(
+        from.parse().unwrap(),
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// The first line the server sends, within 5 s.
