@@ -995,32 +995,9 @@ fn render(opts: &ProxyOpts, r: &Results) -> String {
     out
 }
 
-/// Replaces the "## Proxy" section of `text` (up to the next "## " heading) with `section`,
-/// or appends it.
+/// This part's section of BENCHMARKS.md replaced in `text`, or appended.
 fn splice(text: &str, section: &str) -> String {
-    let start = text
-        .match_indices("## Proxy\n")
-        .find(|(i, _)| *i == 0 || text[..*i].ends_with('\n'))
-        .map(|(i, _)| i);
-    match start {
-        Some(s) => {
-            let after = &text[s + 3..];
-            let end = after
-                .match_indices("\n## ")
-                .next()
-                .map(|(i, _)| s + 3 + i + 1)
-                .unwrap_or(text.len());
-            format!("{}{}{}", &text[..s], section, &text[end..])
-        }
-        None => {
-            let mut t = text.trim_end().to_string();
-            if !t.is_empty() {
-                t.push_str("\n\n");
-            }
-            t.push_str(section);
-            t
-        }
-    }
+    crate::report::splice_section(text, section)
 }
 
 pub fn run(mut opts: ProxyOpts) -> Result<(), String> {

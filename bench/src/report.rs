@@ -515,3 +515,36 @@ pub fn render(cfg: &Config, opts: &Opts, res: &Results, dovecot_note: Option<&st
     );
     out
 }
+
+/// Replaces the section of `text` that starts with `section`'s heading line (up to the next
+/// "## " heading) with `section`, or appends it: how each bench part keeps its own section of
+/// BENCHMARKS.md current without touching the others.
+pub fn splice_section(text: &str, section: &str) -> String {
+    let heading = match section.find('\n') {
+        Some(n) => &section[..=n],
+        None => section,
+    };
+    let start = text
+        .match_indices(heading)
+        .find(|(i, _)| *i == 0 || text[..*i].ends_with('\n'))
+        .map(|(i, _)| i);
+    match start {
+        Some(s) => {
+            let after = &text[s + 3..];
+            let end = after
+                .match_indices("\n## ")
+                .next()
+                .map(|(i, _)| s + 3 + i + 1)
+                .unwrap_or(text.len());
+            format!("{}{}{}", &text[..s], section, &text[end..])
+        }
+        None => {
+            let mut t = text.trim_end().to_string();
+            if !t.is_empty() {
+                t.push_str("\n\n");
+            }
+            t.push_str(section);
+            t
+        }
+    }
+}
