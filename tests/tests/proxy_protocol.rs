@@ -607,6 +607,39 @@ fn pop_tls_reads_the_header_before_the_handshake() {
 }
 
 #[test]
+fn pop_tls_parses_the_header_in_a_confined_child() {
+    let Some(fx) = TlsFixture::new() else { return };
+    let mut argv = vec!["env".to_string(), "POPSPOOL_TEST_SELF=1".to_string()];
+    argv.extend(fx.argv());
+    let Some(srv) = tcpserver(&argv, fx.work.path(), "pop-tls") else {
+        return;
+    };
+    let to: SocketAddr = ([127, 0, 0, 1], srv.port).into();
+    let port = relay(
+        to,
+        None,
+        Some(b"PROXY TCP4 192.0.2.31 198.51.100.1 40000 110\r\n".to_vec()),
+    );
+    let out = s_client(port, &fx.pki.ca(), b"QUIT\r\n");
+    assert!(out.contains("+OK tls"), "{out}\n{}", srv.log());
+    assert_eq!(
+        value(&env_of(&out), "TCPREMOTEIP").as_deref(),
+        Some("192.0.2.31")
+    );
+    let log = srv.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("test-parsed proxy-header by test-self "))
+        .unwrap_or_else(|| panic!("no test-parsed line in {log}"));
+    // No capability, no_new_privs, and not root when started as root.
+    assert!(line.contains(" nnp=1 "), "{line}");
+    assert!(line.ends_with(" capeff=0x0 capprm=0x0"), "{line}");
+    if is_root() {
+        assert!(!line.contains(" uid=0 "), "{line}");
+    }
+}
+
+#[test]
 fn pop_tls_refuses_without_a_valid_header() {
     let Some(fx) = TlsFixture::new() else { return };
     let Some(srv) = tcpserver(&fx.argv(), fx.work.path(), "pop-tls") else {

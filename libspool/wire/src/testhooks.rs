@@ -68,7 +68,7 @@ fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>)
 }
 
 /// uid, no_new_privs, RLIMIT_NOFILE and the Effective and Permitted capability masks.
-fn self_state() -> String {
+pub fn self_state() -> String {
     #[repr(C)]
     struct Header {
         version: u32,
