@@ -52,6 +52,11 @@ fn fixture() -> PathBuf {
 /// pop-popup --proxy-protocol on one end of a socketpair, as tcpserver would start it for a
 /// connection from the proxy at [`PROXY_IP`].
 fn popup(extra: &[&str]) -> (Child, UnixStream) {
+    popup_with(extra, &[])
+}
+
+/// [`popup`] with more environment variables.
+fn popup_with(extra: &[&str], env: &[(&str, &str)]) -> (Child, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let out = OwnedFd::from(theirs.try_clone().unwrap());
     let child = Command::new(bin("pop-popup"))
@@ -73,6 +78,7 @@ fn popup(extra: &[&str]) -> (Child, UnixStream) {
         .env("TCPREMOTEHOST", "proxy.example")
         .env("TCPREMOTEINFO", "ident")
         .env("REMOTE_ADDR", PROXY_IP)
+        .envs(env.iter().copied())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(out))
         .stderr(Stdio::piped())
@@ -303,6 +309,57 @@ fn popup_refuses_a_header_slower_than_the_deadline() {
     popup_refuses(b"", false, "PROXY header not received in time");
 }
 
+/// The `test-parsed proxy-header` line of `log` (debug builds, POPSPOOL_TEST_SELF=1), checked
+/// to come from a confined process other than pop-popup's parent `parent`.
+fn parsed_by_the_dialogue(log: &str, parent: u32) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("test-parsed proxy-header by test-self "))
+        .unwrap_or_else(|| panic!("no test-parsed line in {log}"));
+    assert!(line.starts_with("pop-popup["), "{line}");
+    assert!(
+        !line.starts_with(&format!("pop-popup[{parent}]")),
+        "parsed by the parent: {line}"
+    );
+    // No capability in any set, no_new_privs, the dialogue's RLIMIT_NOFILE.
+    assert!(line.contains(" nnp=1 nofile=16 "), "{line}");
+    assert!(line.ends_with(" capeff=0x0 capprm=0x0"), "{line}");
+    if is_root() {
+        assert!(!line.contains(" uid=0 "), "{line}");
+    }
+}
+
+#[test]
+fn popup_parses_the_header_in_the_confined_dialogue() {
+    let self_hook = [("POPSPOOL_TEST_SELF", "1")];
+    let (child, mut sock) = popup_with(&[], &self_hook);
+    let parent = child.id();
+    sock.write_all(b"PROXY TCP4 192.0.2.30 198.51.100.1 40000 110\r\n")
+        .unwrap();
+    let mut c = Client::new(sock.try_clone().unwrap(), sock);
+    assert!(c.line().starts_with("+OK "));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let (code, log) = finish(child);
+    assert_eq!(code, 0, "{log}");
+    parsed_by_the_dialogue(&log, parent);
+    // The parent learnt the client from the dialogue.
+    let want = format!("pop-popup[{parent}]: debug: addr=192.0.2.30 proxy={PROXY_IP} v1 PROXY");
+    assert!(log.contains(&want), "{want} in {log}");
+
+    // A refused header too: parsed by the dialogue, refused in the parent's log.
+    let (child, mut sock) = popup_with(&[], &self_hook);
+    let parent = child.id();
+    sock.write_all(b"CAPA\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let (code, log) = finish(child);
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(code, 0, "{log}");
+    parsed_by_the_dialogue(&log, parent);
+    let want = format!("pop-popup[{parent}]: warning: proxy={PROXY_IP} refused: no PROXY header");
+    assert!(log.contains(&want), "{want} in {log}");
+}
+
 #[test]
 fn popup_per_source_limit_counts_the_client_not_the_proxy() {
     let slots = tempfile::tempdir().unwrap();
@@ -531,6 +588,39 @@ fn pop_tls_reads_the_header_before_the_handshake() {
     let log = srv.log();
     assert!(log.contains("addr=192.0.2.30"), "{log}");
     assert!(log.contains("addr=192.0.2.10"), "{log}");
+}
+
+#[test]
+fn pop_tls_parses_the_header_in_a_confined_child() {
+    let Some(fx) = TlsFixture::new() else { return };
+    let mut argv = vec!["env".to_string(), "POPSPOOL_TEST_SELF=1".to_string()];
+    argv.extend(fx.argv());
+    let Some(srv) = tcpserver(&argv, fx.work.path(), "pop-tls") else {
+        return;
+    };
+    let to: SocketAddr = ([127, 0, 0, 1], srv.port).into();
+    let port = relay(
+        to,
+        None,
+        Some(b"PROXY TCP4 192.0.2.31 198.51.100.1 40000 110\r\n".to_vec()),
+    );
+    let out = s_client(port, &fx.pki.ca(), b"QUIT\r\n");
+    assert!(out.contains("+OK tls"), "{out}\n{}", srv.log());
+    assert_eq!(
+        value(&env_of(&out), "TCPREMOTEIP").as_deref(),
+        Some("192.0.2.31")
+    );
+    let log = srv.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("test-parsed proxy-header by test-self "))
+        .unwrap_or_else(|| panic!("no test-parsed line in {log}"));
+    // No capability, no_new_privs, and not root when started as root.
+    assert!(line.contains(" nnp=1 "), "{line}");
+    assert!(line.ends_with(" capeff=0x0 capprm=0x0"), "{line}");
+    if is_root() {
+        assert!(!line.contains(" uid=0 "), "{line}");
+    }
 }
 
 #[test]

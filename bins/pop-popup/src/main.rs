@@ -169,7 +169,7 @@ fn real_main() -> u8 {
         report: cli::Report::Log,
         status: USAGE_STATUS,
     };
-    let args: Args = match cli::parse(&usage) {
+    let mut args: Args = match cli::parse(&usage) {
         Ok(a) => a,
         Err(status) => return status,
     };
@@ -182,7 +182,7 @@ fn real_main() -> u8 {
     if let Err(e) = popup::validate_hostname(&args.hostname) {
         return usage_error(&e.to_string());
     }
-    let mut checker = match ExecChecker::new(args.program) {
+    let mut checker = match ExecChecker::new(std::mem::take(&mut args.program)) {
         Ok(c) => c,
         Err(e) => return usage_error(&e.to_string()),
     };
@@ -207,58 +207,18 @@ fn real_main() -> u8 {
         return fail(&format!("cannot forbid core dumps: {e}"));
     }
 
-    // The header names the client for everything below: slots, log lines, the chain.
-    if args.proxy_protocol {
-        match popup::proxy::read_client() {
-            Ok((header, env)) => {
-                popup::proxy::apply(&env);
-                log.log(
-                    Level::Debug,
-                    &format!(
-                        "addr={} proxy={addr} {}",
-                        client_address(),
-                        header.describe()
-                    ),
-                );
-            }
-            Err(e) => {
-                // The peer is the proxy (or someone bypassing it): nothing is sent.
-                log.log(Level::Warning, &format!("proxy={addr} refused: {e}"));
-                return match e {
-                    spool_wire::proxy::ProxyError::Io(_) => 111,
-                    _ => 0,
-                };
-            }
-        }
-    }
-    let addr = client_address();
-    let fail = |msg: &str| {
-        log.log(Level::Err, &format!("addr={addr} {msg}"));
-        111
-    };
-
     keepalive(&log, &addr, args.tcp_keepalive);
 
-    // Held until pop-popup, the parent of the whole session, exits.
-    let slots = match popup::slots::take_for(
-        &args.slot_dir,
-        &addr,
-        args.max_per_source,
-        args.max_connections,
-    ) {
-        Ok(h) => h,
-        Err((popup::slots::SlotError::Full, which)) => {
-            log.log(
-                Level::Warning,
-                &format!("addr={addr} refused: {which} reached"),
-            );
-            return refuse_busy();
+    // Without --proxy-protocol the peer is the client: its slots are taken before the fork.
+    // With it, the dialogue reads the header (confined) and the parent takes the slots of
+    // the client it names.
+    let mut slots = None;
+    if !args.proxy_protocol {
+        match take_slots(&args, &log, &addr) {
+            Ok(h) => slots = Some(h),
+            Err(code) => return code,
         }
-        Err((e, which)) => {
-            let _ = fail(&format!("{which}: {e}"));
-            return refuse_busy();
-        }
-    };
+    }
 
     let stamp = match Timestamp::generate(&args.hostname) {
         Ok(s) => s,
@@ -293,7 +253,8 @@ fn real_main() -> u8 {
                 stamp: &stamp,
                 cfg: &cfg,
                 log: &log,
-                addr: &addr,
+                addr: addr.clone(),
+                proxy_protocol: args.proxy_protocol,
                 user: dialogue_user,
                 require_sandbox: args.require_sandbox,
             })
@@ -311,8 +272,29 @@ fn real_main() -> u8 {
                 split::wait_dialogue(child);
                 return fail(&e);
             }
+            let mut addr = addr.clone();
+            if args.proxy_protocol {
+                // The header names the client for everything below: slots, log lines, the
+                // chain.
+                match client_from_dialogue(&mine, &log, &addr) {
+                    Ok(client) => addr = client,
+                    Err(code) => {
+                        split::kill_dialogue(child, dialogue_user);
+                        split::wait_dialogue(child);
+                        return code;
+                    }
+                }
+                match take_slots(&args, &log, &addr) {
+                    Ok(h) => slots = Some(h),
+                    Err(code) => {
+                        split::kill_dialogue(child, dialogue_user);
+                        split::wait_dialogue(child);
+                        return code;
+                    }
+                }
+            }
             if let Err(e) = split::send_go(&mine) {
-                let _ = fail(&format!("dialogue: {e}"));
+                log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
             }
             let code = serve_checks(
                 mine,
@@ -336,7 +318,9 @@ struct Dialogue<'a> {
     stamp: &'a Timestamp,
     cfg: &'a PopupConfig,
     log: &'a Logger,
-    addr: &'a str,
+    addr: String,
+    /// Read the PROXY header first and report it to the parent.
+    proxy_protocol: bool,
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     require_sandbox: bool,
 }
@@ -344,7 +328,8 @@ struct Dialogue<'a> {
 /// The client dialogue, in the child: confines itself, then runs the AUTHORIZATION state,
 /// asking the parent for every check. Returns pop-popup's exit status.
 fn dialogue(d: Dialogue<'_>) -> u8 {
-    let (log, addr) = (d.log, d.addr);
+    let log = d.log;
+    let addr = d.addr.as_str();
     let refuse = |why: &str| {
         log.log(Level::Err, &format!("addr={addr} {why}"));
         if let Ok(mut out) = FdOutput::new(1, popup::AUTH_WRITE_TIMEOUT) {
@@ -353,7 +338,8 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
         }
         111
     };
-    match split::confine_dialogue(d.user) {
+    // Logged with the client's address, once the header (if any) has named it.
+    let confined: (Level, String) = match split::confine_dialogue(d.user) {
         Ok(c) => {
             let s = &c.sandbox;
             let bounding = if c.bounding_kept {
@@ -369,13 +355,28 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
             } else {
                 Level::Info
             };
-            log.log(level, &format!("addr={addr} dialogue {s}{bounding}"));
+            (level, format!("dialogue {s}{bounding}"))
         }
         Err(e) => return refuse(&format!("cannot confine the dialogue: {e}")),
-    }
+    };
     #[cfg(debug_assertions)]
     spool_wire::testhooks::run(log);
-    // Nothing reaches the client before the parent has shed its capabilities.
+    let client;
+    let addr = if d.proxy_protocol {
+        match read_proxy_header(&d.sock, log) {
+            Some(a) => {
+                client = a;
+                client.as_str()
+            }
+            // Refused: the parent logs why; the client is told nothing.
+            None => return 0,
+        }
+    } else {
+        addr
+    };
+    log.log(confined.0, &format!("addr={addr} {}", confined.1));
+    // Nothing reaches the client before the parent has shed its capabilities (and, with
+    // --proxy-protocol, taken the client's slots).
     if let Err(e) = split::wait_go(&d.sock) {
         log.log(Level::Err, &format!("addr={addr} dialogue: {e}"));
         return 111;
@@ -412,6 +413,106 @@ fn dialogue(d: Dialogue<'_>) -> u8 {
         log_line(end.level(), &format!("end: {end}"));
     }
     end.exit_code()
+}
+
+/// The dialogue's first step with --proxy-protocol, confined: reads the header on
+/// descriptor 0 (exactly its bytes), applies its environment changes here too (the
+/// dialogue's log lines and requests then name the client), and reports it to the parent.
+/// Returns the client's address, or None when the header was refused or the parent could
+/// not be told.
+fn read_proxy_header(sock: &std::os::fd::OwnedFd, log: &Logger) -> Option<String> {
+    let got = popup::proxy::read_client();
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::parsed(log, "proxy-header");
+    let (hello, client) = match got {
+        Ok((header, env)) => {
+            popup::proxy::apply(&env);
+            let env = env
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(String::into_bytes)))
+                .collect();
+            let hello = split::Hello::Client {
+                env,
+                describe: header.describe(),
+            };
+            (hello, Some(client_address()))
+        }
+        Err(e) => {
+            let io = matches!(e, spool_wire::proxy::ProxyError::Io(_));
+            let hello = split::Hello::Refused {
+                io,
+                reason: e.to_string(),
+            };
+            (hello, None)
+        }
+    };
+    if let Err(e) = split::send_hello(sock, &hello) {
+        log.log(Level::Err, &format!("dialogue: {e}"));
+        return None;
+    }
+    client
+}
+
+/// The parent's side of the first message: applies the client's environment changes and
+/// returns its address; for a refused header logs why and returns the exit status.
+fn client_from_dialogue(
+    sock: &std::os::fd::OwnedFd,
+    log: &Logger,
+    proxy: &str,
+) -> Result<String, u8> {
+    match split::receive_hello(sock) {
+        Ok(split::Hello::Client { env, describe }) => {
+            let refused = split::apply_hello_env(&env);
+            let addr = client_address();
+            if !refused.is_empty() {
+                log.log(
+                    Level::Warning,
+                    &format!(
+                        "addr={addr} dialogue: environment names ignored: {}",
+                        refused.join(",")
+                    ),
+                );
+            }
+            log.log(
+                Level::Debug,
+                &format!("addr={addr} proxy={proxy} {describe}"),
+            );
+            Ok(addr)
+        }
+        Ok(split::Hello::Refused { io, reason }) => {
+            // The peer is the proxy (or someone bypassing it): nothing is sent.
+            log.log(Level::Warning, &format!("proxy={proxy} refused: {reason}"));
+            Err(if io { 111 } else { 0 })
+        }
+        Err(e) => {
+            log.log(Level::Err, &format!("proxy={proxy} dialogue: {e}"));
+            Err(111)
+        }
+    }
+}
+
+/// Takes the connection's slots (--max-per-source, --max-connections) for `addr`, or
+/// answers the client at once and returns the exit status.
+fn take_slots(args: &Args, log: &Logger, addr: &str) -> Result<popup::slots::Held, u8> {
+    match popup::slots::take_for(
+        &args.slot_dir,
+        addr,
+        args.max_per_source,
+        args.max_connections,
+    ) {
+        Ok(h) => Ok(h),
+        Err((popup::slots::SlotError::Full, which)) => {
+            log.log(
+                Level::Warning,
+                &format!("addr={addr} refused: {which} reached"),
+            );
+            Err(refuse_busy())
+        }
+        Err((e, which)) => {
+            log.log(Level::Err, &format!("addr={addr} {which}: {e}"));
+            Err(refuse_busy())
+        }
+    }
 }
 
 /// The parent's whole job after the fork: one check per request of the dialogue, with the

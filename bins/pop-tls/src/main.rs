@@ -4,7 +4,8 @@
 //! Exit status: PROG's when it ran; 1 when the client failed the handshake or broke TLS;
 //! 100 for a usage error; 111 for a system or configuration failure. See doc/pop-tls.8.
 
-#![forbid(unsafe_code)]
+// One `unsafe`: the fork of the PROXY header child (`proxy_header`).
+#![deny(unsafe_code)]
 
 use clap::Parser;
 use popspool_tls::front::{self, Config, Mode, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USER};
@@ -108,16 +109,64 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(front::EXIT_USAGE)
 }
 
-/// Reads the PROXY header on descriptor 0 and puts the client it names in the environment
-/// (see `spool_wire::proxy::Header::environment`), before the TLS front reads the same
-/// variables for its log lines and hands them to PROG. On refusal: logs the reason with the
-/// proxy's address and returns the exit status, having sent nothing.
-fn proxy_header(target: LogTarget) -> Result<(), u8> {
-    use spool_wire::limits::PROXY_HEADER_TIMEOUT;
-    use spool_wire::proxy::{read_from_fd, ProxyError};
-    match read_from_fd(0, PROXY_HEADER_TIMEOUT) {
-        Ok(header) => {
-            for (name, value) in header.environment() {
+/// Longest report of the header child: the four address variables and the removals, or a
+/// refusal's reason.
+const MAX_HEADER_REPORT: usize = 1024;
+
+/// Reads the PROXY header on descriptor 0 in a short-lived confined child (the TLS user, no
+/// capability, no_new_privs, Landlock with nothing granted; it takes exactly the header's
+/// bytes) and puts the client it names in this process's environment (see
+/// `spool_wire::proxy::Header::environment`), before the TLS front reads the same variables
+/// for its log lines and hands them to PROG. On refusal: logs the reason with the proxy's
+/// address and returns the exit status, having sent nothing.
+fn proxy_header(target: LogTarget, user: &str) -> Result<(), u8> {
+    let refuse = |msg: &str, code: u8| {
+        log::init(target, format!("proxy={}", front::client_address()));
+        log::log(Level::Warning, msg);
+        Err(code)
+    };
+    let system = |msg: String| {
+        log::init(target, format!("proxy={}", front::client_address()));
+        log::log(Level::Err, &msg);
+        Err(front::EXIT_SYSTEM)
+    };
+    // Looked up while NSS can still be reached.
+    let user = match popspool_tls::sandbox::lookup_user(user) {
+        Ok(u) => u,
+        Err(e) => return system(e),
+    };
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return system(format!("pipe: {e}")),
+    };
+    // SAFETY: single-threaded here; the child runs `header_child` and exits.
+    #[allow(unsafe_code)]
+    let forked = unsafe { nix::unistd::fork() };
+    let child = match forked {
+        Err(e) => return system(format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let code = header_child(w, user.as_ref(), target);
+            std::process::exit(code)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+    };
+    drop(w);
+    let mut report = Vec::new();
+    let read = std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(r), MAX_HEADER_REPORT as u64 + 1),
+        &mut report,
+    );
+    let status = nix::sys::wait::waitpid(child, None);
+    if let Err(e) = read {
+        return system(format!("reading the header child's report: {e}"));
+    }
+    if !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+        return system(format!("the header child failed: {status:?}"));
+    }
+    match parse_report(&report) {
+        Ok(Report::Client(changes)) => {
+            for (name, value) in changes {
                 match value {
                     Some(v) => std::env::set_var(name, v),
                     None => std::env::remove_var(name),
@@ -125,15 +174,142 @@ fn proxy_header(target: LogTarget) -> Result<(), u8> {
             }
             Ok(())
         }
-        Err(e) => {
-            log::init(target, format!("proxy={}", front::client_address()));
-            log::log(Level::Warning, &format!("refused: {e}"));
-            Err(match e {
-                ProxyError::Io(_) => front::EXIT_SYSTEM,
-                _ => front::EXIT_CLIENT,
-            })
-        }
+        Ok(Report::Refused { io, reason }) => refuse(
+            &format!("refused: {reason}"),
+            if io {
+                front::EXIT_SYSTEM
+            } else {
+                front::EXIT_CLIENT
+            },
+        ),
+        Err(e) => system(format!("the header child's report: {e}")),
     }
+}
+
+/// The header child: confines itself, reads and parses the header, writes the report
+/// (`client` then one `NAME=VALUE` or `NAME` (to remove) per line, or `refused 0|1 REASON`).
+fn header_child(
+    w: std::os::fd::OwnedFd,
+    user: Option<&nix::unistd::User>,
+    target: LogTarget,
+) -> i32 {
+    use popspool_tls::sandbox;
+    use spool_wire::proxy::{read_from_fd, ProxyError};
+    let confined = user
+        .map_or(Ok(()), sandbox::drop_to)
+        .and_then(|()| sandbox::no_dumps())
+        .and_then(|()| sandbox::landlock_nothing().map(drop));
+    if let Err(e) = confined {
+        log::init(target, format!("proxy={}", front::client_address()));
+        log::log(
+            Level::Err,
+            &format!("cannot confine the header reader: {e}"),
+        );
+        return i32::from(front::EXIT_SYSTEM);
+    }
+    let got = read_from_fd(0, spool_wire::limits::PROXY_HEADER_TIMEOUT);
+    #[cfg(debug_assertions)]
+    if std::env::var_os("POPSPOOL_TEST_SELF").is_some() {
+        log::init(target, format!("proxy={}", front::client_address()));
+        log::log(
+            Level::Info,
+            &format!(
+                "test-parsed proxy-header by {}",
+                spool_wire::testhooks::self_state()
+            ),
+        );
+    }
+    let report = match got {
+        Ok(header) => {
+            let mut s = String::from("client\n");
+            for (name, value) in header.environment() {
+                match value {
+                    Some(v) => s.push_str(&format!("{name}={v}\n")),
+                    None => s.push_str(&format!("{name}\n")),
+                }
+            }
+            s
+        }
+        Err(e) => {
+            let io = u8::from(matches!(e, ProxyError::Io(_)));
+            format!("refused {io} {}\n", e.to_string().replace('\n', " "))
+        }
+    };
+    let mut f = std::fs::File::from(w);
+    match f.write_all(report.as_bytes()) {
+        Ok(()) => 0,
+        Err(_) => i32::from(front::EXIT_SYSTEM),
+    }
+}
+
+/// What the header child reported.
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    /// Variables to set (Some) or remove (None).
+    Client(Vec<(&'static str, Option<String>)>),
+    Refused {
+        io: bool,
+        reason: String,
+    },
+}
+
+/// The only parser of the header child's report: at most [`MAX_HEADER_REPORT`] bytes, only
+/// the names `Header::environment` gives, values of address and port characters alone.
+fn parse_report(report: &[u8]) -> Result<Report, String> {
+    use spool_wire::proxy::{ADDRESS_VARS, PROXY_ONLY_VARS};
+    if report.len() > MAX_HEADER_REPORT {
+        return Err("too long".into());
+    }
+    let text = std::str::from_utf8(report).map_err(|_| "not UTF-8")?;
+    let body = text.strip_suffix('\n').ok_or("no final newline")?;
+    let mut lines = body.split('\n');
+    match lines.next() {
+        Some("client") => {}
+        Some(l) => {
+            let rest = l.strip_prefix("refused ").ok_or("unknown report")?;
+            let (io, reason) = rest.split_once(' ').ok_or("malformed refusal")?;
+            let io = match io {
+                "0" => false,
+                "1" => true,
+                _ => return Err("malformed refusal".into()),
+            };
+            if lines.next().is_some() {
+                return Err("trailing lines".into());
+            }
+            return Ok(Report::Refused {
+                io,
+                reason: reason.to_string(),
+            });
+        }
+        None => return Err("empty".into()),
+    }
+    let mut changes = Vec::new();
+    for l in lines {
+        let (name, value) = match l.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (l, None),
+        };
+        let known = if value.is_some() {
+            ADDRESS_VARS.iter().find(|&&n| n == name)
+        } else {
+            PROXY_ONLY_VARS.iter().find(|&&n| n == name)
+        };
+        let Some(name) = known else {
+            return Err(format!("unexpected line {l:?}"));
+        };
+        if let Some(v) = value {
+            if v.is_empty()
+                || v.len() > 45
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+            {
+                return Err(format!("unexpected value in {l:?}"));
+            }
+        }
+        changes.push((*name, value.map(str::to_string)));
+    }
+    Ok(Report::Client(changes))
 }
 
 fn main() -> ExitCode {
@@ -163,7 +339,7 @@ fn main() -> ExitCode {
         return usage_error("pop-tls: give --cert and --key, or --cert-dir");
     }
     if args.proxy_protocol {
-        if let Err(code) = proxy_header(args.log) {
+        if let Err(code) = proxy_header(args.log, &args.user) {
             return ExitCode::from(code);
         }
     }
@@ -186,4 +362,46 @@ fn main() -> ExitCode {
         program: args.program,
     };
     ExitCode::from(front::run(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_parse_and_anything_else_is_refused() {
+        let r =
+            parse_report(b"client\nTCPREMOTEIP=192.0.2.1\nTCPREMOTEPORT=40000\nTCPREMOTEHOST\n");
+        assert_eq!(
+            r.unwrap(),
+            Report::Client(vec![
+                ("TCPREMOTEIP", Some("192.0.2.1".into())),
+                ("TCPREMOTEPORT", Some("40000".into())),
+                ("TCPREMOTEHOST", None),
+            ])
+        );
+        assert_eq!(parse_report(b"client\n").unwrap(), Report::Client(vec![]));
+        assert_eq!(
+            parse_report(b"refused 0 no PROXY header\n").unwrap(),
+            Report::Refused {
+                io: false,
+                reason: "no PROXY header".into()
+            }
+        );
+        for bad in [
+            &b""[..],
+            b"client",
+            b"client\nPATH=/tmp\n",
+            b"client\nTCPREMOTEIP=1.2.3.4;rm\n",
+            b"client\nTCPREMOTEIP\n",
+            b"client\nTCPREMOTEHOST=x\n",
+            b"client\nTCPREMOTEIP=\n",
+            b"refused 2 x\n",
+            b"refused 0 x\nclient\n",
+            b"other\n",
+        ] {
+            assert!(parse_report(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_report(&vec![b'a'; MAX_HEADER_REPORT + 1]).is_err());
+    }
 }

@@ -6,7 +6,9 @@
 //! system calls alone (a confined process may not read /proc):
 //! `test-self uid=U nnp=0|1 nofile=N capeff=0x.. capprm=0x..`; `POPSPOOL_TEST_NNP` (any value)
 //! logs `test-no-new-privs: 0|1` and `test-nofile: SOFT HARD` (`RLIMIT_NOFILE`), for a program
-//! too short-lived to be seen in /proc.
+//! too short-lived to be seen in /proc. [`parsed`] marks where a program parses untrusted
+//! input: with `POPSPOOL_TEST_SELF=1` it logs `test-parsed WHAT by test-self ...`, the state
+//! of the process that did.
 
 use crate::log::{Level, Logger};
 
@@ -44,6 +46,16 @@ pub fn run(log: &Logger) {
     }
 }
 
+/// With `POPSPOOL_TEST_SELF` set, logs that this process parsed `what`, and its state.
+pub fn parsed(log: &Logger, what: &str) {
+    if std::env::var_os("POPSPOOL_TEST_SELF").is_some() {
+        log.log(
+            Level::Info,
+            &format!("test-parsed {what} by {}", self_state()),
+        );
+    }
+}
+
 fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>) {
     let outcome = match r {
         Ok(()) => "ok".to_string(),
@@ -56,7 +68,7 @@ fn report(log: &Logger, what: &str, p: &std::ffi::OsStr, r: std::io::Result<()>)
 }
 
 /// uid, no_new_privs, RLIMIT_NOFILE and the Effective and Permitted capability masks.
-fn self_state() -> String {
+pub fn self_state() -> String {
     #[repr(C)]
     struct Header {
         version: u32,

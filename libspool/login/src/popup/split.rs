@@ -342,6 +342,151 @@ pub fn reply(sock: &OwnedFd, s: &CheckStatus) -> Result<(), String> {
     }
 }
 
+/// Longest first message of a `--proxy-protocol` dialogue ([`Hello`]).
+pub const MAX_HELLO: usize = 1024;
+
+/// With `--proxy-protocol`, the dialogue's first message: what the PROXY header it read
+/// (confined) says. The parent applies the environment changes, takes the client's slots and
+/// logs with the client's address; or, for a refused header, logs the reason and ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// A valid header: the changes for the chain (a value to set, or None to remove the
+    /// variable) and the header described for the log.
+    Client {
+        env: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        describe: String,
+    },
+    /// No valid header: whether reading failed (`io`) and why, as the log says it.
+    Refused { io: bool, reason: String },
+}
+
+impl Hello {
+    /// A kind byte (0 client, 1 refused, 2 refused by a read error); for a client the
+    /// description (u32 length, bytes), the number of changes (u32), each name (u32 length,
+    /// bytes) and value (a byte 0 to remove or 1 to set, then u32 length, bytes); for a
+    /// refusal the reason. At most [`MAX_HELLO`] bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        match self {
+            Hello::Client { env, describe } => {
+                out.push(0);
+                put(&mut out, describe.as_bytes())?;
+                out.extend_from_slice(&(env.len() as u32).to_be_bytes());
+                for (k, v) in env {
+                    put(&mut out, k)?;
+                    match v {
+                        None => out.push(0),
+                        Some(v) => {
+                            out.push(1);
+                            put(&mut out, v)?;
+                        }
+                    }
+                }
+            }
+            Hello::Refused { io, reason } => {
+                out.push(if *io { 2 } else { 1 });
+                put(&mut out, reason.as_bytes())?;
+            }
+        }
+        if out.len() > MAX_HELLO {
+            return Err(format!("first message of {} bytes is too long", out.len()));
+        }
+        Ok(out)
+    }
+
+    /// The only parser of the first message: every length checked, names and values free
+    /// of NUL and names of `=`, no trailing bytes.
+    pub fn decode(msg: &[u8]) -> Result<Hello, String> {
+        if msg.len() > MAX_HELLO {
+            return Err("first message too long".into());
+        }
+        let mut c = Cursor(msg);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let hello = match c.take(1)?[0] {
+            0 => {
+                let describe = text(c.field()?);
+                let n = c.u32()? as usize;
+                if n > MAX_ENV_CHANGES {
+                    return Err("too many environment changes".into());
+                }
+                let mut env = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = c.field()?.to_vec();
+                    let v = match c.take(1)?[0] {
+                        0 => None,
+                        1 => Some(c.field()?.to_vec()),
+                        _ => return Err("malformed environment change".into()),
+                    };
+                    if k.is_empty()
+                        || k.contains(&b'=')
+                        || k.contains(&0)
+                        || v.as_ref().is_some_and(|v| v.contains(&0))
+                    {
+                        return Err("malformed environment change".into());
+                    }
+                    env.push((k, v));
+                }
+                Hello::Client { env, describe }
+            }
+            k @ (1 | 2) => Hello::Refused {
+                io: k == 2,
+                reason: text(c.field()?),
+            },
+            k => return Err(format!("unknown first message kind {k}")),
+        };
+        if !c.0.is_empty() {
+            return Err("trailing bytes".into());
+        }
+        Ok(hello)
+    }
+}
+
+/// Sends the first message (the dialogue).
+pub fn send_hello(sock: &OwnedFd, hello: &Hello) -> Result<(), String> {
+    let msg = hello.encode()?;
+    loop {
+        match nix::sys::socket::send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("sending the first message: {e}")),
+        }
+    }
+}
+
+/// Receives the first message (the parent); an error when the dialogue ended without one.
+pub fn receive_hello(sock: &OwnedFd) -> Result<Hello, String> {
+    let mut buf = [0u8; MAX_HELLO + 1];
+    let n = loop {
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("reading the first message: {e}")),
+        }
+    };
+    if n == 0 {
+        return Err("the dialogue ended without a first message".into());
+    }
+    Hello::decode(&buf[..n])
+}
+
+/// Applies the allowed changes of a first message (removals included); returns the names
+/// refused.
+pub fn apply_hello_env(env: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<String> {
+    let mut refused = Vec::new();
+    for (k, v) in env {
+        if !env_name_allowed(k) {
+            refused.push(String::from_utf8_lossy(k).into_owned());
+            continue;
+        }
+        let k = std::ffi::OsStr::from_bytes(k);
+        match v {
+            Some(v) => std::env::set_var(k, std::ffi::OsStr::from_bytes(v)),
+            None => std::env::remove_var(k),
+        }
+    }
+    refused
+}
+
 /// The parent's one-byte go-ahead, sent once it has shed its capabilities: the dialogue
 /// greets nobody before that.
 const GO: u8 = b'G';
@@ -616,6 +761,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hellos_round_trip_and_truncations_fail() {
+        for h in [
+            Hello::Client {
+                env: vec![
+                    (b"TCPREMOTEIP".to_vec(), Some(b"192.0.2.1".to_vec())),
+                    (b"TCPREMOTEHOST".to_vec(), None),
+                ],
+                describe: "v1 PROXY 192.0.2.1:1 -> 192.0.2.2:110".into(),
+            },
+            Hello::Client {
+                env: vec![],
+                describe: "v2 LOCAL".into(),
+            },
+            Hello::Refused {
+                io: false,
+                reason: "no PROXY header".into(),
+            },
+            Hello::Refused {
+                io: true,
+                reason: "reading the PROXY header: EIO".into(),
+            },
+        ] {
+            let m = h.encode().unwrap();
+            assert_eq!(Hello::decode(&m).unwrap(), h);
+            for n in 0..m.len() {
+                assert!(Hello::decode(&m[..n]).is_err(), "cut at {n}");
+            }
+            let mut longer = m.clone();
+            longer.push(0);
+            assert!(Hello::decode(&longer).is_err());
+        }
+        let long = Hello::Refused {
+            io: false,
+            reason: "x".repeat(MAX_HELLO),
+        };
+        assert!(long.encode().is_err());
+        assert!(Hello::decode(&vec![1u8; MAX_HELLO + 1]).is_err());
+        let bad = Hello::Client {
+            env: vec![(b"A=B".to_vec(), None)],
+            describe: String::new(),
+        };
+        assert!(Hello::decode(&bad.encode().unwrap()).is_err());
+        assert!(Hello::decode(&[3, 0, 0, 0, 0]).is_err());
+    }
+
     proptest! {
         #[test]
         fn decoders_never_panic(msg in proptest::collection::vec(any::<u8>(), 0..700)) {
@@ -623,6 +814,7 @@ mod tests {
                 prop_assert_eq!(&r.encode().unwrap()[..], &msg[..]);
             }
             let _ = decode_reply(&msg);
+            let _ = Hello::decode(&msg);
         }
     }
 }
