@@ -662,3 +662,97 @@ fn a_pop3_login_lets_its_address_relay_through_postfix() {
     let other = smtp_rcpt("127.0.0.22", port);
     assert!(other.starts_with("554"), "never seen address: {other}");
 }
+
+/// The recorder confines itself before it waits for the login: no_new_privs, no file outside
+/// the relay directory (/etc/passwd refused), no exec; the debug hooks report it from inside.
+/// Recording itself under that sandbox is what the other tests of this file check.
+#[test]
+fn recorder_is_confined_to_the_relay_directory() {
+    let test = "recorder_is_confined_to_the_relay_directory";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    // The chain is `true`: the pipe closes without the login byte, so the recorder logs its
+    // hooks, finds EOF, records nothing and exits, closing the stderr it kept.
+    let out = Command::new(bin("pop-relay-record"))
+        .args(["--log", "stderr", "--dir"])
+        .arg(&relay)
+        .arg("true")
+        .env("TCPREMOTEIP", "192.0.2.9")
+        .env("POPSPOOL_TEST_SELF", "1")
+        .env("POPSPOOL_TEST_OPEN", "/etc/passwd")
+        .env("POPSPOOL_TEST_EXEC", "/bin/true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+    // SAFETY: the ABI version query only returns a number.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    if abi < 1 {
+        return skip(
+            test,
+            "the kernel has no Landlock: only no_new_privs checked",
+        );
+    }
+    assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
+    assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
+    assert!(!relay.join("192.0.2.9").exists(), "no login, no record");
+}
+
+/// `pop-relay expire` confines itself to the relay directory before it removes anything:
+/// no_new_privs, /etc/passwd and exec refused (debug hooks), and the old record still goes.
+#[test]
+fn expire_is_confined_to_the_relay_directory() {
+    let test = "expire_is_confined_to_the_relay_directory";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(relay.join("192.0.2.10"), "").unwrap();
+    set_age(&relay.join("192.0.2.10"), 90);
+    let out = Command::new(bin("pop-relay"))
+        .args(["expire", "--log", "stderr", "--dir"])
+        .arg(&relay)
+        .env("POPSPOOL_TEST_SELF", "1")
+        .env("POPSPOOL_TEST_OPEN", "/etc/passwd")
+        .env("POPSPOOL_TEST_EXEC", "/bin/true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+    assert!(err.contains("expired 1 records"), "{err}");
+    assert!(!relay.join("192.0.2.10").exists());
+    // SAFETY: the ABI version query only returns a number.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    if abi < 1 {
+        return skip(
+            test,
+            "the kernel has no Landlock: only no_new_privs checked",
+        );
+    }
+    assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
+    assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
+}

@@ -9,7 +9,7 @@
 //!    /proc shows the session as the sandbox made it (the user, the bounding set, seccomp, no
 //!    no_new_privs, the umask, a private network namespace, REMOTE_ADDR, a read-only system
 //!    with the spool and /home writable); the TLS units serve curl; the rotation unit adds a
-//!    key; no unit fails.
+//!    key; the relay unit expires, exports and runs postmap; no unit fails.
 //! 3. The system calls: each unit's command runs (as root) with exactly the unit's
 //!    CapabilityBoundingSet= (setpriv), in a private network namespace (unshare --net), with
 //!    the unit's UMask=, and NoNewPrivileges= when the unit sets it, under strace; every system
@@ -634,6 +634,95 @@ fn rotate_unit_sandbox_rotates_within_its_filter() {
     );
 }
 
+/// pop-relay-expire.service: both commands, with the shipped paths moved into a scratch
+/// directory, under the unit's sandbox: root with no capability expires the old record,
+/// exports the fresh one and runs postmap (when Postfix is installed), every system call of
+/// pop-relay and of postmap within the unit's filter.
+#[test]
+fn relay_unit_sandbox_expires_and_exports_within_its_filter() {
+    let test = "relay_unit_sandbox_expires_and_exports_within_its_filter";
+    let Some(t) = tools(test) else { return };
+    let unit = shipped("scripts/systemd/pop-relay-expire.service");
+    let d = tempfile::tempdir().unwrap();
+    let relay = d.path().join("relay");
+    let postfix = d.path().join("postfix");
+    for p in [&relay, &postfix] {
+        fs::create_dir(p).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::write(relay.join("192.0.2.7"), "").unwrap();
+    fs::write(relay.join("192.0.2.8"), "").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(relay.join("192.0.2.8"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(90 * 60))
+        .unwrap();
+    let postmap = which("postmap")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/postmap")).filter(|p| p.is_file()));
+    let joined = unit.replace("\\\n", " ");
+    let commands = unit_values(&joined, "ExecStart");
+    assert_eq!(commands.len(), 2, "expire, then export: {commands:?}");
+    let trace = d.path().join("trace");
+    for (i, command) in commands.iter().enumerate() {
+        let mut cmd: Vec<String> = command
+            .replace(
+                "/usr/local/bin/pop-relay",
+                &bin("pop-relay").display().to_string(),
+            )
+            .replace("/var/lib/popspool/relay", &relay.display().to_string())
+            .replace("/etc/postfix/", &format!("{}/", postfix.display()))
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if command.contains("--postmap") {
+            match &postmap {
+                Some(p) => {
+                    let last = cmd.iter_mut().find(|a| *a == "--postmap").unwrap();
+                    *last = format!("--postmap={}", p.display());
+                }
+                None => {
+                    skip(test, "postfix not installed: export without postmap");
+                    cmd.retain(|a| a != "--postmap");
+                }
+            }
+        }
+        let trace_i = trace.with_extension(i.to_string());
+        // PrivateNetwork= brings the loopback interface up; unshare --net leaves it down, and
+        // postmap, which lists the interfaces for mynetworks, refuses to run without one.
+        let mut argv = sandboxed(&t, &unit, &trace_i, &cmd);
+        let setpriv = t.setpriv.display().to_string();
+        let at = argv.iter().position(|a| *a == setpriv).unwrap();
+        let ip = which("ip").unwrap_or_else(|| PathBuf::from("/usr/sbin/ip"));
+        let lo_up = format!("{} link set lo up && exec \"$@\"", ip.display());
+        for (k, a) in ["/bin/sh", "-c", &lo_up, "sh"].into_iter().enumerate() {
+            argv.insert(at + k, a.to_string());
+        }
+        let out = with_umask(&unit, &argv).output().unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        // postmap counts as a child of pop-relay.
+        check_syscalls(
+            &t,
+            "pop-relay-expire.service",
+            &unit,
+            &trace_i,
+            &[&target_dir()],
+        );
+    }
+    assert!(relay.join("192.0.2.7").exists());
+    assert!(!relay.join("192.0.2.8").exists(), "the old record expired");
+    let map = postfix.join("pop-before-smtp");
+    assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.7 OK\n");
+    if let Some(p) = &postmap {
+        let o = Command::new(p)
+            .args(["-q", "192.0.2.7"])
+            .arg(format!("hash:{}", map.display()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "OK", "{o:?}");
+    }
+}
+
 /// A systemd of its own: PID 1 of new pid, mount and UTS namespaces (the host's PID 1 is not
 /// systemd where these tests run). Inside, and only there: /run, /home, the spool and
 /// /usr/local/bin are fresh tmpfs, /etc is a copy with a user `popdemo` and
@@ -718,11 +807,15 @@ install -d -o root -g root -m 0700 "$D/etc/popspool" "$D/etc/popspool/tls"
 cp "$D/tls/cert.pem" "$D/tls/key.pem" "$D/tls/ticket-keys" "$D/etc/popspool/tls/"
 mount --bind "$D/etc" /etc
 mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin
-for p in pop-popup pop-checkpassword pop-serve pop-tls; do
+for p in pop-popup pop-checkpassword pop-serve pop-tls pop-relay; do
   install -o root -g root -m 0755 "$B/$p" /usr/local/bin/$p
 done
 install -o root -g mail -m 2755 "$B/pop-dotlock" /usr/local/bin/pop-dotlock
 mount -t tmpfs -o mode=0755 tmpfs /home
+mount -t tmpfs -o mode=0755 tmpfs /var/lib
+install -d -o root -g root -m 0755 /var/lib/systemd /var/lib/popspool /var/lib/popspool/relay
+: > /var/lib/popspool/relay/192.0.2.7
+install -d -o root -g root -m 0755 /etc/postfix
 install -d -o 4242 -g 4242 -m 0700 /home/popdemo
 spool=$(readlink -f /var/spool/mail)
 mount -t tmpfs -o mode=2775,gid=$(getent group mail | cut -d: -f3) tmpfs "$spool"
@@ -1147,6 +1240,23 @@ fn shipped_units_work_under_a_real_systemd() {
     let out = c.systemctl(&["start", "pop-tls-rotate.service"]);
     assert!(out.status.success(), "{out:?}");
     assert!(fs::metadata(&keys).unwrap().len() > len, "a key was added");
+    // pop-relay-expire.service: root with no capability, in a private network, expires and
+    // exports the relay records and runs postmap.
+    let map = c.inside("/etc/postfix/pop-before-smtp");
+    if Path::new("/usr/sbin/postmap").is_file() && Path::new("/etc/postfix/main.cf").is_file() {
+        let out = c.systemctl(&["start", "pop-relay-expire.service"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.7 OK\n");
+        assert!(
+            c.inside("/etc/postfix/pop-before-smtp.db").is_file(),
+            "postmap ran"
+        );
+    } else {
+        skip(
+            test,
+            "postfix not installed: pop-relay-expire.service not started",
+        );
+    }
     let failed = c.systemctl(&["list-units", "--failed", "--plain", "--no-legend"]);
     assert!(
         !String::from_utf8_lossy(&failed.stdout).contains("pop"),

@@ -82,17 +82,29 @@ fn real_main() -> u8 {
             let client = addr.clone();
             let limit = Duration::from_secs(args.login_timeout);
             let keep_stderr = target == LogTarget::Stderr;
-            let started = relay::start_recorder(dir, addr, keep_stderr, limit, move |r| {
+            let confined = move |st: std::io::Result<spool_wire::sandbox::Status>| {
                 let log = Logger::new("pop-relay-record", target);
-                match r {
-                    Ok(true) => log.log(Level::Info, &format!("client={client} recorded")),
-                    Ok(false) => log.log(
-                        Level::Debug,
-                        &format!("client={client} no login: nothing recorded"),
-                    ),
-                    Err(e) => log.log(Level::Err, &format!("client={client} not recorded: {e}")),
+                match st {
+                    Ok(st) => log.log(Level::Debug, &format!("recorder confined: {st}")),
+                    Err(e) => log.log(Level::Err, &format!("recorder not confined: {e}")),
                 }
-            });
+                #[cfg(debug_assertions)]
+                spool_wire::testhooks::run(&log);
+            };
+            let started =
+                relay::start_recorder(dir, addr, keep_stderr, limit, confined, move |r| {
+                    let log = Logger::new("pop-relay-record", target);
+                    match r {
+                        Ok(true) => log.log(Level::Info, &format!("client={client} recorded")),
+                        Ok(false) => log.log(
+                            Level::Debug,
+                            &format!("client={client} no login: nothing recorded"),
+                        ),
+                        Err(e) => {
+                            log.log(Level::Err, &format!("client={client} not recorded: {e}"))
+                        }
+                    }
+                });
             match started {
                 Ok(w) => std::env::set_var(relay::RELAY_FD_ENV, w.into_raw_fd().to_string()),
                 Err(e) => log.log(Level::Err, &format!("cannot start the recorder: {e}")),

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Cmd::Expire { common } | Cmd::Export { common, .. } => common,
     };
     let log = Logger::new("pop-relay", common.log);
-    match run(&args.cmd, common) {
+    match run(&args.cmd, common, &log) {
         Ok(msg) => {
             log.log(Level::Info, &msg);
             ExitCode::SUCCESS
@@ -92,12 +92,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: &Cmd, common: &Common) -> Result<String, String> {
+fn run(cmd: &Cmd, common: &Common, log: &Logger) -> Result<String, String> {
     let dir = relay::open_dir(&common.dir).map_err(|e| e.to_string())?;
     let max_age = Duration::from_secs(common.max_age_minutes * 60);
     let now = SystemTime::now();
     match cmd {
         Cmd::Expire { .. } => {
+            // Expiry needs the directory alone: no other file, no exec, no TCP.
+            let held = dir.try_clone().map_err(|e| format!("dup: {e}"))?;
+            match spool_wire::sandbox::Sandbox::new()
+                .allow_fd(held, spool_wire::sandbox::tree_rw())
+                .restrict()
+            {
+                Ok(st) => log.log(Level::Debug, &format!("confined: {st}")),
+                Err(e) => return Err(format!("cannot confine: {e}")),
+            }
+            #[cfg(debug_assertions)]
+            spool_wire::testhooks::run(log);
             let n = relay::expire(dir.as_fd(), max_age, now).map_err(|e| e.to_string())?;
             Ok(format!("expired {n} records"))
         }

@@ -305,6 +305,9 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
 /// `dir`, and records `addr` when [`LOGIN_OK`] arrives; on EOF without it (the login failed)
 /// it records nothing. Returns the write end for the rest of the chain, not close-on-exec.
 ///
+/// The recorder confines itself before it reads the pipe: Landlock grants it the relay
+/// directory alone (through the descriptor, so no path is followed again), no exec and no TCP,
+/// and `no_new_privs` is set; `on_confined` is called in it with the outcome (for logging).
 /// The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
 /// logging).
 pub fn start_recorder(
@@ -312,6 +315,7 @@ pub fn start_recorder(
     addr: String,
     keep_stderr: bool,
     limit: Duration,
+    on_confined: impl FnOnce(std::io::Result<spool_wire::sandbox::Status>),
     on_record: impl FnOnce(Result<bool, Error>),
 ) -> Result<OwnedFd, Error> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
@@ -335,6 +339,7 @@ pub fn start_recorder(
             // SAFETY: as above; this process is a copy of a single-threaded one.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 detach(keep_stderr, &[r.as_raw_fd(), dir.as_raw_fd()]);
+                on_confined(confine_recorder(dir.as_fd()));
                 let outcome = wait_for_login(r.as_fd(), limit).and_then(|ok| {
                     if ok {
                         record(dir.as_fd(), &addr).map(|()| true)
@@ -347,6 +352,15 @@ pub fn start_recorder(
             std::process::exit(0)
         }
     }
+}
+
+/// The recorder's sandbox: the relay directory (files made, written, removed) and nothing
+/// else.
+fn confine_recorder(dir: BorrowedFd<'_>) -> std::io::Result<spool_wire::sandbox::Status> {
+    let held = dir.try_clone_to_owned()?;
+    spool_wire::sandbox::Sandbox::new()
+        .allow_fd(held, spool_wire::sandbox::tree_rw())
+        .restrict()
 }
 
 /// Leaves the session: 0 and 1 (and 2 unless kept) become /dev/null, everything else but

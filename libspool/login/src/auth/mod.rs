@@ -4,8 +4,8 @@
 //! The steps, each in its own module: [`checkpw`] reads fd 3; [`system`] or [`passwdfile`]
 //! looks the user up and applies account policy; [`crypt`] (libcrypt) and [`apop`] check the
 //! secret in constant time; [`drop`] becomes the user for good; [`exec`] scrubs the environment
-//! and execs the next program. [`run`] chains them in one process, [`verify::run`] in two
-//! (the fd-3 payload parsed and the password checked in a confined child); every failure is one [`AuthError`], whose
+//! and execs the next program. [`verify::run`] chains them in two processes (the fd-3 payload
+//! parsed and the password checked in a confined child); every failure is one [`AuthError`], whose
 //! [`AuthError::exit_code`] is the only place exit codes are chosen.
 
 pub mod apop;
@@ -21,7 +21,6 @@ pub mod token;
 pub mod verify;
 pub mod vhost;
 
-use spool_wire::log::{Level, Logger};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -200,7 +199,7 @@ impl Source {
     }
 }
 
-/// Everything `run` needs, validated by the binary.
+/// Everything [`verify::run`] needs, validated by the binary.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: Source,
@@ -299,16 +298,6 @@ pub fn today() -> i64 {
 /// of it, accounts with a cheaper hash pay their own plus the difference, so no failure tells
 /// by its timing which scheme the named user's secret is stored in. A success costs what the
 /// user's own secret costs.
-pub fn authenticate(
-    cfg: &Config,
-    creds: &checkpw::Credentials,
-    today: i64,
-) -> Result<Verified, AuthError> {
-    let selected = cfg.source.select()?;
-    authenticate_in(cfg, selected, creds, today)
-}
-
-/// [`authenticate`] with the virtual server already chosen ([`Source::select`]).
 pub fn authenticate_in(
     cfg: &Config,
     selected: Option<vhost::Selected>,
@@ -509,75 +498,4 @@ pub fn authenticate_in(
         mail: account.mail,
         groups: account.groups,
     })
-}
-
-/// The whole of `pop-checkpassword`: read fd 3, verify, drop to the user, chdir home, exec
-/// `prog`. Returns only on failure, having logged it.
-pub fn run(cfg: &Config, prog: &[OsString], log: &Logger) -> AuthError {
-    let client = spool_wire::log::client_address();
-    if prog.is_empty() {
-        let e = AuthError::Misuse("no program to run".into());
-        log.log(Level::Err, &format!("{e}"));
-        return e;
-    }
-    let creds = match checkpw::read_credentials(cfg.fd3_timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            let level = match e {
-                AuthError::BadCredentials(_) => Level::Info,
-                _ => Level::Err,
-            };
-            log.log(level, &format!("client={client} {e}"));
-            return e;
-        }
-    };
-    let selected = match cfg.source.select() {
-        Ok(s) => s,
-        Err(e) => {
-            log.log(Level::Err, &format!("client={client} {e}"));
-            return e;
-        }
-    };
-    // Every line after this names the virtual server, when there is one.
-    let client = match &selected {
-        Some(s) => format!("{client} vhost={}", s.name),
-        None => client,
-    };
-    let user = String::from_utf8_lossy(creds.user()).into_owned();
-    let verified = authenticate_in(cfg, selected, &creds, today());
-    // The password is no longer needed: wipe it before anything else happens.
-    drop(creds);
-    let verified = match verified {
-        Ok(v) => v,
-        Err(e) => {
-            let level = match e {
-                AuthError::BadCredentials(_) => Level::Info,
-                _ => Level::Err,
-            };
-            log.log(level, &format!("user={user} client={client} {e}"));
-            return e;
-        }
-    };
-    let fail = |e: AuthError| {
-        log.log(Level::Err, &format!("user={user} client={client} {e}"));
-        e
-    };
-    if let Err(e) = drop::become_user(&verified) {
-        return fail(e);
-    }
-    if let Err(e) = std::env::set_current_dir(&verified.home) {
-        return fail(AuthError::Temporary(format!(
-            "cannot chdir to {}: {e}",
-            verified.home.display()
-        )));
-    }
-    let env = exec::environment(&verified, std::env::vars_os(), &cfg.keep_env);
-    log.log(
-        Level::Info,
-        &format!(
-            "user={user} client={client} login ok uid={} gid={}",
-            verified.uid, verified.gid
-        ),
-    );
-    fail(exec::exec(prog, env))
 }
