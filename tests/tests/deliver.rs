@@ -253,7 +253,13 @@ fn drain_loop(
                 let n: usize = stat.split(' ').nth(1).unwrap().parse().unwrap();
                 let mut got = Vec::new();
                 for i in 1..=n {
-                    assert!(s.client.cmd(&format!("RETR {i}")).starts_with("+OK"));
+                    // An MDA that rewrote spool headers in place since the scan (Dovecot)
+                    // moved the message: -ERR, and it stays for the next session.
+                    let r = s.client.cmd(&format!("RETR {i}"));
+                    if r.starts_with("-ERR") {
+                        continue;
+                    }
+                    assert!(r.starts_with("+OK"), "RETR {i}: {r}");
                     let body = s.client.body();
                     got.push(message_ids(&body).expect("Message-ID"));
                     assert!(s.client.cmd(&format!("DELE {i}")).starts_with("+OK"));

@@ -56,6 +56,46 @@ pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), M
     if !hex_is(digest_hex, &d) {
         return Err(MailboxError::MessageGone);
     }
+    check_end(file, info)
+}
+
+/// Checks that the message still ends where the scan found its end: the next message's
+/// `From ` line (or the end of the file) follows the separator at `next_start`.
+///
+/// The `From ` line and the header digest alone do not prove that: an MDA that rewrites spool
+/// headers in place (Dovecot adds `X-IMAPbase`, `X-UID`, `Status` and `X-Keywords` to
+/// messages it finds without them) makes the header block longer while its digest, which
+/// leaves spool headers out, stays the same; every byte after it moves. Sending the scanned
+/// extent then would cut the message short after `+OK`.
+pub fn check_end(file: &File, info: &MessageInfo) -> Result<(), MailboxError> {
+    let next = info.next_start();
+    let sep = next - info.message_end();
+    let at = next.saturating_sub(sep.max(1));
+    let mut buf = [0u8; 8];
+    let len = (next - at) as usize + 5;
+    let n = read_full(file, &mut buf[..len], at).map_err(crate::error::io_err("read the mailbox"))?;
+    let got = &buf[..n];
+    let lead = (next - at) as usize;
+    if got.len() < lead {
+        return Err(MailboxError::Changed(format!(
+            "mailbox ends at {}, before the end of the message scanned at {}",
+            at + n as u64,
+            info.from_line_start()
+        )));
+    }
+    let (sep_bytes, rest) = got.split_at(lead);
+    let sep_ok = sep == 0 || sep_bytes.iter().all(|&b| b == b'\n' || b == b'\r');
+    // What follows: the end of the file, or the next `From ` line (perhaps one a writer
+    // appended after a blank line of its own) at the start of a line.
+    let follows = rest.is_empty()
+        || (sep_bytes.last() == Some(&b'\n') || next == 0)
+            && (rest.starts_with(b"From ") || rest.starts_with(b"\nFrom") || rest == b"\n");
+    if !sep_ok || !follows {
+        return Err(MailboxError::Changed(format!(
+            "the message scanned at {} no longer ends at {next}",
+            info.from_line_start()
+        )));
+    }
     Ok(())
 }
 
@@ -273,6 +313,21 @@ fn send_wire(
                 let d = wire.take_hasher().unwrap_or_default().finish();
                 if !hex_is(digest_hex, &d) {
                     return gone(w, MailboxError::MessageGone);
+                }
+                // The message still ends where it did (an in-place rewrite of its spool
+                // headers moves the end), checked before anything is released.
+                if done && body_lines.is_none() && wire.written() != info.size() {
+                    return gone(
+                        w,
+                        MailboxError::Changed(format!(
+                            "message is {} octets now, listed as {}",
+                            wire.written(),
+                            info.size()
+                        )),
+                    );
+                }
+                if let Err(e) = check_end(file, info) {
+                    return gone(w, e);
                 }
                 if !len_proved {
                     // Not proved by the first read: the message and its separator must
