@@ -73,7 +73,8 @@ pub fn check_end(file: &File, info: &MessageInfo) -> Result<(), MailboxError> {
     let at = next.saturating_sub(sep.max(1));
     let mut buf = [0u8; 8];
     let len = (next - at) as usize + 5;
-    let n = read_full(file, &mut buf[..len], at).map_err(crate::error::io_err("read the mailbox"))?;
+    let n =
+        read_full(file, &mut buf[..len], at).map_err(crate::error::io_err("read the mailbox"))?;
     let got = &buf[..n];
     let lead = (next - at) as usize;
     if got.len() < lead {
