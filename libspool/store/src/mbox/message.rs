@@ -636,6 +636,61 @@ mod tests {
         assert!(wired(&f, &s, 0, RD, None).0.is_ok());
     }
 
+    /// What Dovecot's LDA does to a message it finds without its spool headers: adds them in
+    /// place, the header digest (spool headers left out) unchanged, everything after moved.
+    fn dovecot_rewrite(data: &[u8], header_end: &[u8]) -> Vec<u8> {
+        let at = data
+            .windows(header_end.len())
+            .position(|w| w == header_end)
+            .unwrap()
+            + header_end.len();
+        let mut v = data[..at].to_vec();
+        v.extend_from_slice(b"X-IMAPbase: 1796339407 0000000002\nX-UID: 1               \n");
+        v.extend_from_slice(&data[at..]);
+        v
+    }
+
+    #[test]
+    fn spool_headers_added_in_place_are_refused_before_anything_is_sent() {
+        let data = b"From a\nSubject: one\n\nbody line one\nbody line two, long enough to reach past the inserted headers\n\nFrom b\nSubject: two\n\nb\n".to_vec();
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        f.write_all_at(&dovecot_rewrite(&data, b"Subject: one\n"), 0)
+            .unwrap();
+        for top in [None, Some(0), Some(5)] {
+            let (r, t) = wired(&f, &s, 0, RD, top);
+            assert!(
+                matches!(r, Err(RetrieveError::BeforeStart(_))),
+                "{top:?}: {r:?}"
+            );
+            assert!(t.sent.is_empty() && !t.began);
+            assert_eq!(t.buf, b"+OK earlier response\r\n");
+            assert!(matches!(
+                classic(&f, &s, 0, RD, top),
+                Err(RetrieveError::BeforeStart(_))
+            ));
+        }
+        // Unchanged, the last message (no separator after it) and a message followed by one
+        // appended since are served.
+        let data2 = [&data[..], b"\nFrom c\nSubject: three\n\nc\n"].concat();
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        assert!(wired(&f, &s, 1, RD, None).0.is_ok());
+        f.write_all_at(&data2, 0).unwrap();
+        assert!(wired(&f, &s, 1, RD, None).0.is_ok());
+        assert!(wired(&f, &s, 0, RD, None).0.is_ok());
+        assert!(classic(&f, &s, 1, RD, None).is_ok());
+        // A large message (not staged whole): refused before its first byte leaves.
+        let big = big_message(200_000);
+        let f = file_with(&big);
+        let s = scanned(&f, RD);
+        f.write_all_at(&dovecot_rewrite(&big, b"Subject: big\n"), 0)
+            .unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        assert!(matches!(r, Err(RetrieveError::BeforeStart(_))), "{r:?}");
+        assert!(t.sent.is_empty());
+    }
+
     fn big_message(body_lines: usize) -> Vec<u8> {
         let mut d = b"From big\nSubject: big\n\n".to_vec();
         for i in 0..body_lines {
