@@ -56,7 +56,7 @@ pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), M
     if !hex_is(digest_hex, &d) {
         return Err(MailboxError::MessageGone);
     }
-    check_end(file, info)
+    Ok(())
 }
 
 /// Checks that the message still ends where the scan found its end: the next message's
@@ -131,6 +131,7 @@ pub fn retrieve(
         }
     }
     verify(file, info, digest_hex).map_err(RetrieveError::BeforeStart)?;
+    check_end(file, info).map_err(RetrieveError::BeforeStart)?;
     sink.begin()
         .map_err(|e| RetrieveError::BeforeStart(MailboxError::Io("send the message", e)))?;
     let mut src = Tagged {
