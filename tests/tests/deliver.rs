@@ -355,7 +355,7 @@ fn dovecot_conf(dir: &Path, mbox: &Path) -> PathBuf {
              mbox_write_locks = dotlock fcntl\n\
              mbox_read_locks = dotlock fcntl\n\
              mbox_lock_timeout = 60s\n\
-             log_path = /dev/null\n\
+             log_path = {d}/dovecot.log\n\
              postmaster_address = postmaster@example.org\n\
              ssl = no\n",
             d = dir.display(),
@@ -407,6 +407,7 @@ fn interop_with_procmail_and_dovecot_lda() {
     let mut writers = Vec::new();
     for kind in ["pop-deliver", "pop-deliver2", "procmail", "dovecot"] {
         let (mbox, rc, conf, procmail) = (mbox.clone(), rc.clone(), conf.clone(), procmail.clone());
+        let dir = dir.path().to_path_buf();
         let slowest = slowest.clone();
         writers.push(std::thread::spawn(move || {
             for i in 0..EACH {
@@ -442,7 +443,8 @@ fn interop_with_procmail_and_dovecot_lda() {
                 let t = Instant::now();
                 let (code, err) = run(cmd, input.as_bytes());
                 let took = t.elapsed();
-                assert_eq!(code, 0, "{kind} {i}: {err}");
+                let log = fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default();
+                assert_eq!(code, 0, "{kind} {i}: {err}\ndovecot.log:\n{log}");
                 let mut s = slowest.lock().unwrap();
                 if took > s.0 {
                     *s = (took, kind);
