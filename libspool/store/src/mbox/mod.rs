@@ -360,6 +360,31 @@ impl MboxMailbox {
                 if have != FROM_ {
                     return Err(gone());
                 }
+            } else if len > end {
+                // The extent's last message, and the file grew since the scan: what follows
+                // must be appended mail, a `From ` line (after a blank line of the writer's
+                // own when the extent did not end with one). A message whose spool headers
+                // were written in place (Dovecot's `X-IMAPbase`, `X-UID`) also has its `From `
+                // line and digest, but its end moved past `end`: cutting the scanned range
+                // would leave its tail at the front of the next message.
+                let mut six = [0u8; 6];
+                let n = usize::try_from(len - end).unwrap_or(6).min(6);
+                journal::read_exact_at(&self.file, &mut six[..n], end)?;
+                let ends_line =
+                    end == 0 || head.get((end - start - 1) as usize) == Some(&b'\n') || {
+                        let mut b = [0u8; 1];
+                        journal::read_exact_at(&self.file, &mut b, end - 1)?;
+                        b[0] == b'\n'
+                    };
+                let got = &six[..n];
+                let ok = if ends_line {
+                    got.starts_with(FROM_) || got == b"\n" || got.starts_with(b"\nFrom ")
+                } else {
+                    got.starts_with(b"\nFrom ")
+                };
+                if !ok && !(n < FROM_.len() && FROM_.starts_with(got)) {
+                    return Err(gone());
+                }
             }
         }
         Ok(())
