@@ -709,6 +709,34 @@ mod tests {
     }
 
     #[test]
+    fn commit_refuses_a_last_message_grown_in_place() {
+        let one = "From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\nbody of one, long enough\n\n";
+        let (_d, path, opts) = mbox_with(one.as_bytes());
+        let mut m = MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+        // What Dovecot's LDA does: spool headers into the message, then its own mail after it.
+        let grown = one.replace(
+            "Subject: one\n",
+            "Subject: one\nX-IMAPbase: 1796339407 0000000002\nX-UID: 1       \n",
+        ) + "From d@test Thu Dec 03 23:10:07 2026\nSubject: d\n\nhi\n\n";
+        std::fs::write(&path, &grown).unwrap();
+        assert!(matches!(
+            m.commit(&[true], &[]),
+            Err(MailboxError::Changed(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), grown.as_bytes());
+        // Mail merely appended after the extent: the commit goes ahead.
+        std::fs::write(&path, one).unwrap();
+        let mut m = MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+        let appended = format!("{one}From d@test Thu Dec 03 23:10:07 2026\nSubject: d\n\nhi\n\n");
+        std::fs::write(&path, &appended).unwrap();
+        m.commit(&[true], &[]).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            &appended.as_bytes()[one.len()..]
+        );
+    }
+
+    #[test]
     fn ranges_merge() {
         let data = b"From a\n\nFrom b\n\nFrom c\n\nFrom d\n";
         let (_d, path, opts) = mbox_with(data);
