@@ -382,7 +382,8 @@ impl MboxMailbox {
                 } else {
                     got.starts_with(b"\nFrom ")
                 };
-                if !ok && !(n < FROM_.len() && FROM_.starts_with(got)) {
+                let short_from = n < FROM_.len() && FROM_.starts_with(got);
+                if !ok && !short_from {
                     return Err(gone());
                 }
             }
