@@ -348,6 +348,8 @@ fn rcfile(dir: &Path, mbox: &Path) -> PathBuf {
 fn dovecot_conf(dir: &Path, mbox: &Path) -> PathBuf {
     let conf = dir.join("dovecot.conf");
     fs::create_dir_all(dir.join("dovecot-mail")).unwrap();
+    // dovecot-lda runs as nobody and keeps its mail directory's state there.
+    fs::set_permissions(dir.join("dovecot-mail"), fs::Permissions::from_mode(0o777)).unwrap();
     fs::write(
         &conf,
         format!(
