@@ -253,7 +253,13 @@ fn drain_loop(
                 let n: usize = stat.split(' ').nth(1).unwrap().parse().unwrap();
                 let mut got = Vec::new();
                 for i in 1..=n {
-                    assert!(s.client.cmd(&format!("RETR {i}")).starts_with("+OK"));
+                    // An MDA that rewrote spool headers in place since the scan (Dovecot)
+                    // moved the message: -ERR, and it stays for the next session.
+                    let r = s.client.cmd(&format!("RETR {i}"));
+                    if r.starts_with("-ERR") {
+                        continue;
+                    }
+                    assert!(r.starts_with("+OK"), "RETR {i}: {r}");
                     let body = s.client.body();
                     got.push(message_ids(&body).expect("Message-ID"));
                     assert!(s.client.cmd(&format!("DELE {i}")).starts_with("+OK"));
@@ -342,6 +348,8 @@ fn rcfile(dir: &Path, mbox: &Path) -> PathBuf {
 fn dovecot_conf(dir: &Path, mbox: &Path) -> PathBuf {
     let conf = dir.join("dovecot.conf");
     fs::create_dir_all(dir.join("dovecot-mail")).unwrap();
+    // dovecot-lda runs as nobody and keeps its mail directory's state there.
+    fs::set_permissions(dir.join("dovecot-mail"), fs::Permissions::from_mode(0o777)).unwrap();
     fs::write(
         &conf,
         format!(
@@ -349,7 +357,7 @@ fn dovecot_conf(dir: &Path, mbox: &Path) -> PathBuf {
              mbox_write_locks = dotlock fcntl\n\
              mbox_read_locks = dotlock fcntl\n\
              mbox_lock_timeout = 60s\n\
-             log_path = /dev/null\n\
+             log_path = {d}/dovecot.log\n\
              postmaster_address = postmaster@example.org\n\
              ssl = no\n",
             d = dir.display(),
@@ -401,6 +409,7 @@ fn interop_with_procmail_and_dovecot_lda() {
     let mut writers = Vec::new();
     for kind in ["pop-deliver", "pop-deliver2", "procmail", "dovecot"] {
         let (mbox, rc, conf, procmail) = (mbox.clone(), rc.clone(), conf.clone(), procmail.clone());
+        let dir = dir.path().to_path_buf();
         let slowest = slowest.clone();
         writers.push(std::thread::spawn(move || {
             for i in 0..EACH {
@@ -436,7 +445,8 @@ fn interop_with_procmail_and_dovecot_lda() {
                 let t = Instant::now();
                 let (code, err) = run(cmd, input.as_bytes());
                 let took = t.elapsed();
-                assert_eq!(code, 0, "{kind} {i}: {err}");
+                let log = fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default();
+                assert_eq!(code, 0, "{kind} {i}: {err}\ndovecot.log:\n{log}");
                 let mut s = slowest.lock().unwrap();
                 if took > s.0 {
                     *s = (took, kind);

@@ -59,6 +59,47 @@ pub fn verify(file: &File, info: &MessageInfo, digest_hex: &str) -> Result<(), M
     Ok(())
 }
 
+/// Checks that the message still ends where the scan found its end: the next message's
+/// `From ` line (or the end of the file) follows the separator at `next_start`.
+///
+/// The `From ` line and the header digest alone do not prove that: an MDA that rewrites spool
+/// headers in place (Dovecot adds `X-IMAPbase`, `X-UID`, `Status` and `X-Keywords` to
+/// messages it finds without them) makes the header block longer while its digest, which
+/// leaves spool headers out, stays the same; every byte after it moves. Sending the scanned
+/// extent then would cut the message short after `+OK`.
+pub fn check_end(file: &File, info: &MessageInfo) -> Result<(), MailboxError> {
+    let next = info.next_start();
+    let sep = next - info.message_end();
+    let at = next.saturating_sub(sep.max(1));
+    let mut buf = [0u8; 8];
+    let len = (next - at) as usize + 5;
+    let n =
+        read_full(file, &mut buf[..len], at).map_err(crate::error::io_err("read the mailbox"))?;
+    let got = &buf[..n];
+    let lead = (next - at) as usize;
+    if got.len() < lead {
+        return Err(MailboxError::Changed(format!(
+            "mailbox ends at {}, before the end of the message scanned at {}",
+            at + n as u64,
+            info.from_line_start()
+        )));
+    }
+    let (sep_bytes, rest) = got.split_at(lead);
+    let sep_ok = sep == 0 || sep_bytes.iter().all(|&b| b == b'\n' || b == b'\r');
+    // What follows: the end of the file, or the next `From ` line (perhaps one a writer
+    // appended after a blank line of its own) at the start of a line.
+    let follows = rest.is_empty()
+        || (sep_bytes.last() == Some(&b'\n') || next == 0)
+            && (rest.starts_with(b"From ") || rest.starts_with(b"\nFrom") || rest == b"\n");
+    if !sep_ok || !follows {
+        return Err(MailboxError::Changed(format!(
+            "the message scanned at {} no longer ends at {next}",
+            info.from_line_start()
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes asked of each `pread` while sending: a typical message, its `From ` line and the
 /// separator after it in one read; large messages in few large reads.
 pub const SEND_READ: usize = 128 * 1024;
@@ -90,6 +131,7 @@ pub fn retrieve(
         }
     }
     verify(file, info, digest_hex).map_err(RetrieveError::BeforeStart)?;
+    check_end(file, info).map_err(RetrieveError::BeforeStart)?;
     sink.begin()
         .map_err(|e| RetrieveError::BeforeStart(MailboxError::Io("send the message", e)))?;
     let mut src = Tagged {
@@ -273,6 +315,21 @@ fn send_wire(
                 let d = wire.take_hasher().unwrap_or_default().finish();
                 if !hex_is(digest_hex, &d) {
                     return gone(w, MailboxError::MessageGone);
+                }
+                // The message still ends where it did (an in-place rewrite of its spool
+                // headers moves the end), checked before anything is released.
+                if done && body_lines.is_none() && wire.written() != info.size() {
+                    return gone(
+                        w,
+                        MailboxError::Changed(format!(
+                            "message is {} octets now, listed as {}",
+                            wire.written(),
+                            info.size()
+                        )),
+                    );
+                }
+                if let Err(e) = check_end(file, info) {
+                    return gone(w, e);
                 }
                 if !len_proved {
                     // Not proved by the first read: the message and its separator must
@@ -578,6 +635,61 @@ mod tests {
         assert_eq!(t.buf, b"+OK earlier response\r\n");
         // The first message is still fine: it ends before the cut.
         assert!(wired(&f, &s, 0, RD, None).0.is_ok());
+    }
+
+    /// What Dovecot's LDA does to a message it finds without its spool headers: adds them in
+    /// place, the header digest (spool headers left out) unchanged, everything after moved.
+    fn dovecot_rewrite(data: &[u8], header_end: &[u8]) -> Vec<u8> {
+        let at = data
+            .windows(header_end.len())
+            .position(|w| w == header_end)
+            .unwrap()
+            + header_end.len();
+        let mut v = data[..at].to_vec();
+        v.extend_from_slice(b"X-IMAPbase: 1796339407 0000000002\nX-UID: 1               \n");
+        v.extend_from_slice(&data[at..]);
+        v
+    }
+
+    #[test]
+    fn spool_headers_added_in_place_are_refused_before_anything_is_sent() {
+        let data = b"From a\nSubject: one\n\nbody line one\nbody line two, long enough to reach past the inserted headers\n\nFrom b\nSubject: two\n\nb\n".to_vec();
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        f.write_all_at(&dovecot_rewrite(&data, b"Subject: one\n"), 0)
+            .unwrap();
+        for top in [None, Some(0), Some(5)] {
+            let (r, t) = wired(&f, &s, 0, RD, top);
+            assert!(
+                matches!(r, Err(RetrieveError::BeforeStart(_))),
+                "{top:?}: {r:?}"
+            );
+            assert!(t.sent.is_empty() && !t.began);
+            assert_eq!(t.buf, b"+OK earlier response\r\n");
+            assert!(matches!(
+                classic(&f, &s, 0, RD, top),
+                Err(RetrieveError::BeforeStart(_))
+            ));
+        }
+        // Unchanged, the last message (no separator after it) and a message followed by one
+        // appended since are served.
+        let data2 = [&data[..], b"\nFrom c\nSubject: three\n\nc\n"].concat();
+        let f = file_with(&data);
+        let s = scanned(&f, RD);
+        assert!(wired(&f, &s, 1, RD, None).0.is_ok());
+        f.write_all_at(&data2, 0).unwrap();
+        assert!(wired(&f, &s, 1, RD, None).0.is_ok());
+        assert!(wired(&f, &s, 0, RD, None).0.is_ok());
+        assert!(classic(&f, &s, 1, RD, None).is_ok());
+        // A large message (not staged whole): refused before its first byte leaves.
+        let big = big_message(200_000);
+        let f = file_with(&big);
+        let s = scanned(&f, RD);
+        f.write_all_at(&dovecot_rewrite(&big, b"Subject: big\n"), 0)
+            .unwrap();
+        let (r, t) = wired(&f, &s, 0, RD, None);
+        assert!(matches!(r, Err(RetrieveError::BeforeStart(_))), "{r:?}");
+        assert!(t.sent.is_empty());
     }
 
     fn big_message(body_lines: usize) -> Vec<u8> {

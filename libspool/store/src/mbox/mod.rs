@@ -360,6 +360,32 @@ impl MboxMailbox {
                 if have != FROM_ {
                     return Err(gone());
                 }
+            } else if len > end {
+                // The extent's last message, and the file grew since the scan: what follows
+                // must be appended mail, a `From ` line (after a blank line of the writer's
+                // own when the extent did not end with one). A message whose spool headers
+                // were written in place (Dovecot's `X-IMAPbase`, `X-UID`) also has its `From `
+                // line and digest, but its end moved past `end`: cutting the scanned range
+                // would leave its tail at the front of the next message.
+                let mut six = [0u8; 6];
+                let n = usize::try_from(len - end).unwrap_or(6).min(6);
+                journal::read_exact_at(&self.file, &mut six[..n], end)?;
+                let ends_line =
+                    end == 0 || head.get((end - start - 1) as usize) == Some(&b'\n') || {
+                        let mut b = [0u8; 1];
+                        journal::read_exact_at(&self.file, &mut b, end - 1)?;
+                        b[0] == b'\n'
+                    };
+                let got = &six[..n];
+                let ok = if ends_line {
+                    got.starts_with(FROM_) || got == b"\n" || got.starts_with(b"\nFrom ")
+                } else {
+                    got.starts_with(b"\nFrom ")
+                };
+                let short_from = n < FROM_.len() && FROM_.starts_with(got);
+                if !ok && !short_from {
+                    return Err(gone());
+                }
             }
         }
         Ok(())
@@ -681,6 +707,34 @@ mod tests {
             Err(MailboxError::Changed(_))
         ));
         assert_eq!(std::fs::read(&path).unwrap(), changed.as_bytes());
+    }
+
+    #[test]
+    fn commit_refuses_a_last_message_grown_in_place() {
+        let one = "From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\nbody of one, long enough\n\n";
+        let (_d, path, opts) = mbox_with(one.as_bytes());
+        let mut m = MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+        // What Dovecot's LDA does: spool headers into the message, then its own mail after it.
+        let grown = one.replace(
+            "Subject: one\n",
+            "Subject: one\nX-IMAPbase: 1796339407 0000000002\nX-UID: 1       \n",
+        ) + "From d@test Thu Dec 03 23:10:07 2026\nSubject: d\n\nhi\n\n";
+        std::fs::write(&path, &grown).unwrap();
+        assert!(matches!(
+            m.commit(&[true], &[]),
+            Err(MailboxError::Changed(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), grown.as_bytes());
+        // Mail merely appended after the extent: the commit goes ahead.
+        std::fs::write(&path, one).unwrap();
+        let mut m = MboxMailbox::from_file_unlocked(&path, &opts).unwrap();
+        let appended = format!("{one}From d@test Thu Dec 03 23:10:07 2026\nSubject: d\n\nhi\n\n");
+        std::fs::write(&path, &appended).unwrap();
+        m.commit(&[true], &[]).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            &appended.as_bytes()[one.len()..]
+        );
     }
 
     #[test]
