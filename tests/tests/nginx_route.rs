@@ -1138,3 +1138,44 @@ fn route_unit_command_works_within_its_capabilities() {
     assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
     assert!(err.contains("login ok uid=65534"), "{err}");
 }
+
+/// pop-route sheds root's capabilities before it reads the request: the process that parses
+/// it holds none effective and only the three the checkpassword program needs permitted
+/// (privs::KEPT), and the login still succeeds through that program.
+#[test]
+fn route_parses_the_request_with_only_the_kept_capabilities() {
+    let name = "route_parses_the_request_with_only_the_kept_capabilities";
+    if !is_root() {
+        skip(name, "needs root (capabilities to shed)");
+        return;
+    }
+    let users: Vec<String> = vec!["dave".into()];
+    let s = Scratch::new(&users);
+    let mut child = Command::new(bin("pop-route"))
+        .args(["--log", "stderr", "--backend", "127.0.3.1:110", "--token-key"])
+        .arg(s.key())
+        .args(s.checkpassword(&["/bin/true"]))
+        .env("POPSPOOL_TEST_SELF", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(request("plain", "dave", &password("dave"), 1, "").as_bytes())
+        .unwrap();
+    let (code, out, err) = wait_output(child, Duration::from_secs(20));
+    drop(stdin);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
+    let kept = spool_login::popup::privs::kept_mask();
+    let line = err
+        .lines()
+        .find(|l| l.contains("test-parsed auth-request by test-self"))
+        .unwrap_or_else(|| panic!("no test-parsed line in {err}"));
+    assert!(line.starts_with(&format!("pop-route[{pid}]: ")), "{line}");
+    assert!(line.contains(" capeff=0x0 "), "{line}");
+    assert!(line.ends_with(&format!(" capprm={kept:#x}")), "{line}");
+}

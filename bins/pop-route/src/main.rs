@@ -9,7 +9,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 use clap::Parser;
-use spool_login::popup::ExecChecker;
+use spool_login::popup::{privs, ExecChecker};
 use spool_route::{backend, RouteConfig};
 use spool_wire::cli;
 use spool_wire::log::{Level, LogTarget, Logger};
@@ -96,6 +96,13 @@ fn real_main() -> u8 {
     }
     if args.read_timeout == 0 || args.wait == 0 {
         return usage_error("--read-timeout and --wait must be at least 1");
+    }
+    // Before the first byte of the request is read: of root's capabilities only the three
+    // the checkpassword program needs stay (Permitted, for its exec; Effective is empty).
+    // Core files are already off (spool_wire::start).
+    if let Err(e) = privs::shed_capabilities() {
+        log.log(Level::Err, &format!("shedding capabilities: {e}"));
+        return spool_route::EXIT_TEMPORARY;
     }
     let check = if args.check.is_empty() {
         let beside = std::env::current_exe()

@@ -83,7 +83,10 @@ pub fn serve<I: ClientInput, W: Write, C: Checker>(
     checker: &mut C,
     log: &Logger,
 ) -> u8 {
-    let req = match http::read_request(input, Instant::now() + cfg.read_timeout) {
+    let got = http::read_request(input, Instant::now() + cfg.read_timeout);
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::parsed(log, "auth-request");
+    let req = match got {
         Ok(r) => r,
         Err(e) => {
             log.log(Level::Warning, &format!("{e}"));
