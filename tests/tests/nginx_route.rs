@@ -1152,7 +1152,13 @@ fn route_parses_the_request_with_only_the_kept_capabilities() {
     let users: Vec<String> = vec!["dave".into()];
     let s = Scratch::new(&users);
     let mut child = Command::new(bin("pop-route"))
-        .args(["--log", "stderr", "--backend", "127.0.3.1:110", "--token-key"])
+        .args([
+            "--log",
+            "stderr",
+            "--backend",
+            "127.0.3.1:110",
+            "--token-key",
+        ])
         .arg(s.key())
         .args(s.checkpassword(&["/bin/true"]))
         .env("POPSPOOL_TEST_SELF", "1")
