@@ -1138,3 +1138,141 @@ fn route_unit_command_works_within_its_capabilities() {
     assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
     assert!(err.contains("login ok uid=65534"), "{err}");
 }
+
+/// pop-route parses the request only in its confined child: that process logs
+/// no_new_privs, no capability and the parser user's uid, while the parent, which runs the
+/// checkpassword program, holds only the three capabilities that program needs (privs::KEPT),
+/// none effective; the login still succeeds through that program. A bad request is
+/// answered by the parser too.
+#[test]
+fn route_parses_the_request_in_the_confined_child() {
+    let name = "route_parses_the_request_in_the_confined_child";
+    if !is_root() {
+        skip(name, "needs root (capabilities to shed, a user to become)");
+        return;
+    }
+    let users: Vec<String> = vec!["dave".into()];
+    let s = Scratch::new(&users);
+    let run = |input: &[u8]| {
+        let mut child = Command::new(bin("pop-route"))
+            .args([
+                "--log",
+                "stderr",
+                "--backend",
+                "127.0.3.1:110",
+                "--token-key",
+            ])
+            .arg(s.key())
+            .args(s.checkpassword(&["/bin/true"]))
+            .env("POPSPOOL_TEST_SELF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        let out = wait_output(child, Duration::from_secs(20));
+        drop(stdin);
+        (pid, out)
+    };
+    let parser_line = |err: &str, parent: u32| {
+        let line = err
+            .lines()
+            .find(|l| l.contains("test-parsed auth-request by test-self"))
+            .unwrap_or_else(|| panic!("no test-parsed line in {err}"))
+            .to_string();
+        assert!(line.starts_with("pop-route["), "{line}");
+        assert!(!line.starts_with(&format!("pop-route[{parent}]")), "{line}");
+        assert!(line.contains(" uid=65534 nnp=1 "), "{line}");
+        assert!(line.ends_with(" capeff=0x0 capprm=0x0"), "{line}");
+    };
+    let (pid, (code, out, err)) =
+        run(request("plain", "dave", &password("dave"), 1, "").as_bytes());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
+    parser_line(&err, pid);
+    let kept = spool_login::popup::privs::kept_mask();
+    let parent = format!("pop-route[{pid}]: info: test-self uid=0 nnp=0 ");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&parent))
+        .unwrap_or_else(|| panic!("no {parent} in {err}"));
+    assert!(
+        line.ends_with(&format!(" capeff=0x0 capprm={kept:#x}")),
+        "{line}"
+    );
+
+    let (pid, (code, out, err)) = run(b"NOT HTTP\r\n\r\n");
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.starts_with("HTTP/1.0 400 "), "{out}");
+    parser_line(&err, pid);
+}
+
+/// The parser reaches no file and can exec nothing; `--require-sandbox` gives a temporary
+/// answer and exit 111 when its Landlock is only partly enforced (a debug build acting as
+/// on a kernel with Landlock ABI 1), and answers normally when it is fully enforced.
+#[test]
+fn route_parser_sandbox_and_require_sandbox() {
+    let name = "route_parser_sandbox_and_require_sandbox";
+    let full = spool_wire::sandbox::kernel_abi() >= 2;
+    if !full {
+        skip(name, "needs a kernel with Landlock ABI 2 or later");
+        return;
+    }
+    let users: Vec<String> = vec!["erin".into()];
+    let s = Scratch::new(&users);
+    let req = request("plain", "erin", &password("erin"), 2, "");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(bin("pop-route"));
+        c.args([
+            "--log",
+            "stderr",
+            "--require-sandbox",
+            "--backend",
+            "127.0.3.1:110",
+        ])
+        .arg("--token-key")
+        .arg(s.key())
+        .args(s.checkpassword(&["/bin/true"]))
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let pid = child.id();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(req.as_bytes()).unwrap();
+        let out = wait_output(child, Duration::from_secs(20));
+        drop(stdin);
+        (pid, out)
+    };
+    let (pid, (code, out, err)) = run(&[
+        ("POPSPOOL_TEST_OPEN", "/etc/passwd"),
+        ("POPSPOOL_TEST_EXEC", "/bin/sh"),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(header(&out, "Auth-Status"), Some("OK"), "{out}\n{err}");
+    for hook in [
+        "test-open /etc/passwd: errno 13",
+        "test-exec /bin/sh: errno 13",
+    ] {
+        let refused = err
+            .lines()
+            .any(|l| !l.starts_with(&format!("pop-route[{pid}]")) && l.contains(hook));
+        assert!(refused, "{hook} by the parser in {err}");
+    }
+
+    let (_, (code, out, err)) = run(&[("POPSPOOL_TEST_LANDLOCK_ABI", "1")]);
+    assert_eq!(code, 111, "{out}\n{err}");
+    assert_eq!(
+        header(&out, "Auth-Status"),
+        Some(spool_route::STATUS_TEMPORARY),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("--require-sandbox: parser landlock: partial (ABI 1)"),
+        "{err}"
+    );
+}

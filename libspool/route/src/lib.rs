@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod http;
+pub mod split;
 
 use spool_login::auth::token;
 use spool_login::popup::{CheckStatus, Checker, MAX_CHECKPASSWORD_INPUT};
@@ -74,8 +75,7 @@ pub fn auth_wait(base: Duration, attempt: u32) -> u64 {
     w.as_secs().max(1)
 }
 
-/// Serves one request from `input`, answers on `out`, checks credentials with `checker`.
-/// Returns the exit code.
+/// Reads and answers one request: [`read`], then [`answer`].
 pub fn serve<I: ClientInput, W: Write, C: Checker>(
     cfg: &RouteConfig,
     input: &mut I,
@@ -83,22 +83,53 @@ pub fn serve<I: ClientInput, W: Write, C: Checker>(
     checker: &mut C,
     log: &Logger,
 ) -> u8 {
-    let req = match http::read_request(input, Instant::now() + cfg.read_timeout) {
-        Ok(r) => r,
-        Err(e) => {
-            log.log(Level::Warning, &format!("{e}"));
-            let _ = out.write_all(&http::refusal(&e));
-            let _ = out.flush();
-            return EXIT_BAD_REQUEST;
-        }
-    };
-    let (code, answer) = decide(cfg, &req, checker, log);
+    match read(cfg, input, out, log) {
+        Ok(req) => answer(cfg, &req, out, checker, log),
+        Err(code) => code,
+    }
+}
+
+/// Reads and parses the request; a bad one is answered here (400, 431 or 408) and gives
+/// `Err` with the exit status.
+pub fn read<I: ClientInput, W: Write>(
+    cfg: &RouteConfig,
+    input: &mut I,
+    out: &mut W,
+    log: &Logger,
+) -> Result<http::AuthRequest, u8> {
+    let got = http::read_request(input, Instant::now() + cfg.read_timeout);
+    #[cfg(debug_assertions)]
+    spool_wire::testhooks::parsed(log, "auth-request");
+    got.map_err(|e| {
+        log.log(Level::Warning, &format!("{e}"));
+        let _ = out.write_all(&http::refusal(&e));
+        let _ = out.flush();
+        EXIT_BAD_REQUEST
+    })
+}
+
+/// Decides on a parsed request (checkpassword, backend, token) and writes the answer.
+pub fn answer<W: Write, C: Checker>(
+    cfg: &RouteConfig,
+    req: &http::AuthRequest,
+    out: &mut W,
+    checker: &mut C,
+    log: &Logger,
+) -> u8 {
+    let (code, answer) = decide(cfg, req, checker, log);
     let fields: Vec<(&str, &str)> = answer.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bytes = Zeroizing::new(http::answer(&fields));
     if let Err(e) = out.write_all(&bytes).and_then(|_| out.flush()) {
         log.log(Level::Warning, &format!("writing the answer: {e}"));
     }
     code
+}
+
+/// The answer when no request could be read for want of a working parser: a temporary
+/// error, without `Auth-Wait` (the attempt is unknown).
+pub fn answer_temporary<W: Write>(out: &mut W) {
+    let _ = out.write_all(&http::answer(&[("Auth-Status", STATUS_TEMPORARY)]));
+    let _ = out.flush();
 }
 
 type Fields = Vec<(&'static str, String)>;
