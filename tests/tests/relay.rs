@@ -691,6 +691,7 @@ fn recorder_is_confined_to_the_relay_directory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+    assert!(err.contains(" capeff=0x0 capprm=0x0"), "{err}");
     // SAFETY: the ABI version query only returns a number.
     let abi = unsafe {
         libc::syscall(
@@ -709,6 +710,49 @@ fn recorder_is_confined_to_the_relay_directory() {
     assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
     assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
     assert!(!relay.join("192.0.2.9").exists(), "no login, no record");
+}
+
+/// The recorder holds no capability in any set, and still creates a record and refreshes an
+/// old one's time: both are rights of the directory's and the records' owner, root.
+#[test]
+fn recorder_without_capabilities_still_records() {
+    let test = "recorder_without_capabilities_still_records";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let rec = relay.join("192.0.2.11");
+    let run = || {
+        // The chain says "logged in" at once; the recorder keeps stderr, so output() returns
+        // once it has recorded and exited.
+        let out = Command::new(bin("pop-relay-record"))
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .args(["sh", "-c", r#"printf + >&"$POPRELAYFD""#])
+            .env("TCPREMOTEIP", "192.0.2.11")
+            .env("POPSPOOL_TEST_SELF", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("test-self uid=0 nnp=1 ") && err.contains(" capeff=0x0 capprm=0x0"),
+            "{err}"
+        );
+        assert!(err.contains("client=192.0.2.11 recorded"), "{err}");
+        err
+    };
+    run();
+    assert!(appears(&rec), "the record is created");
+    set_age(&rec, 90);
+    run();
+    let age = SystemTime::now()
+        .duration_since(fs::metadata(&rec).unwrap().modified().unwrap())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(30 * 60), "refreshed: {age:?}");
 }
 
 /// `pop-relay expire` confines itself to the relay directory before it removes anything:

@@ -339,7 +339,7 @@ pub fn start_recorder(
             // SAFETY: as above; this process is a copy of a single-threaded one.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 detach(keep_stderr, &[r.as_raw_fd(), dir.as_raw_fd()]);
-                on_confined(confine_recorder(dir.as_fd()));
+                on_confined(drop_capabilities().and_then(|()| confine_recorder(dir.as_fd())));
                 let outcome = wait_for_login(r.as_fd(), limit).and_then(|ok| {
                     if ok {
                         record(dir.as_fd(), &addr).map(|()| true)
@@ -352,6 +352,48 @@ pub fn start_recorder(
             std::process::exit(0)
         }
     }
+}
+
+/// Drops every capability: the Bounding set first (while CAP_SETPCAP is still effective; a
+/// process without it keeps its Bounding set, which no_new_privs and the absence of exec
+/// make moot), then Ambient, then Effective, Permitted and Inheritable, read back to check.
+/// The recorder needs none once it holds the directory's descriptor: it runs as root, the
+/// owner of the relay directory ([`open_dir`] accepts no other owner when run as root) and
+/// of every record in it, so creating a record (owner's write permission on the directory)
+/// and setting its times (the file's owner) are plain owner rights. A directory whose owner
+/// has no write permission refuses records.
+pub fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let setpcap = rustix::thread::capabilities(None)?
+        .effective
+        .contains(CapabilitySet::SETPCAP);
+    if setpcap {
+        for cap in 0..64u32 {
+            let one = CapabilitySet::from_bits_retain(1u64 << cap);
+            match rustix::thread::capability_is_in_bounding_set(one) {
+                Ok(true) => rustix::thread::remove_capability_from_bounding_set(one)?,
+                Ok(false) => {}
+                // EINVAL: beyond the kernel's last capability.
+                Err(_) => break,
+            }
+        }
+    }
+    match rustix::thread::clear_ambient_capability_set() {
+        // EINVAL: a kernel without an ambient set.
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, none)?;
+    let now = rustix::thread::capabilities(None)?;
+    if !(now.effective.is_empty() && now.permitted.is_empty() && now.inheritable.is_empty()) {
+        return Err(std::io::Error::other("capabilities left after dropping them"));
+    }
+    Ok(())
 }
 
 /// The recorder's sandbox: the relay directory (files made, written, removed) and nothing
