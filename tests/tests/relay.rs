@@ -800,3 +800,80 @@ fn expire_is_confined_to_the_relay_directory() {
     assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
     assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
 }
+
+/// `pop-relay export` writes the map from a confined process: no_new_privs, /etc/passwd, a
+/// file in the map's own directory and exec refused (debug hooks), and the map still written;
+/// with --postmap the confined child writes the map and the unconfined parent runs postmap,
+/// whose map `postmap -q` reads.
+#[test]
+fn export_is_confined_to_the_relay_and_map_directories() {
+    let test = "export_is_confined_to_the_relay_and_map_directories";
+    if !is_root() {
+        return skip(test, "needs root (root-owned relay and map directories)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    let maps = d.path().join("maps");
+    for p in [&relay, &maps] {
+        fs::create_dir(p).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::write(relay.join("192.0.2.20"), "").unwrap();
+    let beside = maps.join("main.cf");
+    fs::write(&beside, "secret\n").unwrap();
+    let map = maps.join("relay");
+    let postmap = which("postmap").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/postmap");
+        p.exists().then_some(p)
+    });
+    let mut runs = vec![None];
+    if let Some(p) = &postmap {
+        runs.push(Some(format!("--postmap={}", p.display())));
+    }
+    for pm in &runs {
+        let out = Command::new(bin("pop-relay"))
+            .args(["export", "--log", "stderr", "--dir"])
+            .arg(&relay)
+            .arg("--map")
+            .arg(&map)
+            .args(pm.iter())
+            .env("POPSPOOL_TEST_SELF", "1")
+            .env(
+                "POPSPOOL_TEST_OPEN",
+                std::env::join_paths([Path::new("/etc/passwd"), &beside]).unwrap(),
+            )
+            .env("POPSPOOL_TEST_EXEC", "/bin/true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{pm:?}: {err}");
+        assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+        assert!(err.contains("exported 1 addresses"), "{err}");
+        assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.20 OK\n");
+        // SAFETY: the ABI version query only returns a number.
+        let abi = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+                1u32,
+            )
+        };
+        if abi >= 1 {
+            assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
+            let refused = format!("test-open {}: errno 13 ", beside.display());
+            assert!(err.contains(&refused), "{err}");
+            assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
+        }
+    }
+    if runs.len() == 1 {
+        return skip(test, "postfix not installed: postmap not checked");
+    }
+    let o = Command::new(postmap.unwrap())
+        .args(["-q", "192.0.2.20"])
+        .arg(format!("hash:{}", map.display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "OK");
+}

@@ -275,12 +275,24 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
         )));
     };
     let dir = open_dir(parent)?;
+    write_atomically_at(dir.as_fd(), name, text, map)
+}
+
+/// [`write_atomically`] in the directory `dir` already open, as `name`; `map` names it in
+/// errors. Needs only these rights there: make a regular file, write it, remove a file
+/// (the rename replaces the old map; a stale temp file is removed).
+pub fn write_atomically_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    text: &str,
+    map: &Path,
+) -> Result<(), Error> {
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".tmp.{}", std::process::id()));
-    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     let fd = rustix::fs::openat(
-        &dir,
+        dir,
         &tmp,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
@@ -292,10 +304,10 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
         .and_then(|()| f.sync_all())
         .map_err(|e| err(map.display(), e))
         .and_then(|()| {
-            rustix::fs::renameat(&dir, &tmp, &dir, name).map_err(|e| err(map.display(), e))
+            rustix::fs::renameat(dir, &tmp, dir, name).map_err(|e| err(map.display(), e))
         });
     if done.is_err() {
-        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     }
     done
 }
