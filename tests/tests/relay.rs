@@ -877,3 +877,22 @@ fn export_is_confined_to_the_relay_and_map_directories() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "OK");
 }
+
+/// pop-relay-ok writes its byte to the pipe POPRELAYFD names, closes it and every other
+/// inherited descriptor above 2, removes POPRELAYFD, and execs PROG with 0, 1 and 2 alone.
+#[test]
+fn relay_ok_leaves_its_program_only_the_client_descriptors() {
+    let script = format!(
+        r#"exec 5>&1 6</etc/hostname 7</dev/null; POPRELAYFD=5 exec {} --log stderr sh -c 'ls /proc/$$/fd; echo relay=$POPRELAYFD'"#,
+        bin("pop-relay-ok").display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // The pipe is the same as stdout here: the login byte comes first.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "+0\n1\n2\nrelay=\n",
+        "{err}"
+    );
+}

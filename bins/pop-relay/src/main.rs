@@ -175,7 +175,8 @@ fn confine_export(
 /// exits, so the sandbox it sets up stays behind with it.
 fn in_child(f: impl FnOnce() -> Result<usize, String>) -> Result<usize, String> {
     use std::io::{Read, Write};
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: pop-relay starts no thread, so the child is a copy of a single-threaded process.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {

@@ -403,7 +403,9 @@ pub fn drop_capabilities() -> std::io::Result<()> {
     rustix::thread::set_capabilities(None, none)?;
     let now = rustix::thread::capabilities(None)?;
     if !(now.effective.is_empty() && now.permitted.is_empty() && now.inheritable.is_empty()) {
-        return Err(std::io::Error::other("capabilities left after dropping them"));
+        return Err(std::io::Error::other(
+            "capabilities left after dropping them",
+        ));
     }
     Ok(())
 }
