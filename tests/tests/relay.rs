@@ -896,3 +896,53 @@ fn relay_ok_leaves_its_program_only_the_client_descriptors() {
         "{err}"
     );
 }
+
+/// `--require-sandbox`: on a kernel whose Landlock is older than the rights asked for
+/// (`POPSPOOL_TEST_LANDLOCK_ABI=3`, debug builds) expire and export refuse with exit 111 and
+/// change nothing; without the option they run partially confined.
+#[test]
+fn relay_require_sandbox_refuses_a_partial_sandbox() {
+    let test = "relay_require_sandbox_refuses_a_partial_sandbox";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let rec = relay.join("192.0.2.30");
+    fs::write(&rec, "").unwrap();
+    set_age(&rec, 90);
+    let map = d.path().join("map");
+    let run = |args: &[&str], abi: &str| {
+        let out = Command::new(bin("pop-relay"))
+            .args(args)
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .env("POPSPOOL_TEST_LANDLOCK_ABI", abi)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let map_arg = map.to_str().unwrap();
+    let export = ["export", "--max-age-minutes", "120", "--map", map_arg];
+    let (code, err) = run(&["export", "--require-sandbox", "--map", map_arg], "3");
+    assert_eq!(code, Some(111), "{err}");
+    assert!(
+        err.contains("--require-sandbox: landlock: partial"),
+        "{err}"
+    );
+    assert!(!map.exists(), "{err}");
+    let (code, err) = run(&["expire", "--require-sandbox"], "3");
+    assert_eq!(code, Some(111), "{err}");
+    assert!(rec.exists(), "{err}");
+    let (code, err) = run(&export, "3");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.30 OK\n");
+    let (code, err) = run(&["expire"], "3");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!rec.exists(), "{err}");
+}

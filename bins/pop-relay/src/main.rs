@@ -40,6 +40,11 @@ struct Common {
     /// Where log lines go (facility mail for syslog).
     #[arg(long, default_value = "stderr")]
     log: LogTarget,
+
+    /// Refuse (exit 111, nothing changed) unless the kernel fully enforces the Landlock
+    /// sandbox (see CONFINEMENT in pop-relay(8)).
+    #[arg(long)]
+    require_sandbox: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,15 +105,9 @@ fn run(cmd: &Cmd, common: &Common, log: &Logger) -> Result<String, String> {
         Cmd::Expire { .. } => {
             // Expiry needs the directory alone: no other file, no exec, no TCP.
             let held = dir.try_clone().map_err(|e| format!("dup: {e}"))?;
-            match spool_wire::sandbox::Sandbox::new()
-                .allow_fd(held, spool_wire::sandbox::tree_rw())
-                .restrict()
-            {
-                Ok(st) => log.log(Level::Debug, &format!("confined: {st}")),
-                Err(e) => return Err(format!("cannot confine: {e}")),
-            }
-            #[cfg(debug_assertions)]
-            spool_wire::testhooks::run(log);
+            let sb =
+                spool_wire::sandbox::Sandbox::new().allow_fd(held, spool_wire::sandbox::tree_rw());
+            confine(sb, common.require_sandbox, log)?;
             let n = relay::expire(dir.as_fd(), max_age, now).map_err(|e| e.to_string())?;
             Ok(format!("expired {n} records"))
         }
@@ -118,7 +117,7 @@ fn run(cmd: &Cmd, common: &Common, log: &Logger) -> Result<String, String> {
             };
             let map_dir = relay::open_dir(parent).map_err(|e| e.to_string())?;
             let export = || -> Result<usize, String> {
-                confine_export(&dir, &map_dir, log)?;
+                confine_export(&dir, &map_dir, common.require_sandbox, log)?;
                 let recs = relay::records(dir.as_fd()).map_err(|e| e.to_string())?;
                 let text = relay::map_text(&recs, max_age, now);
                 relay::write_atomically_at(map_dir.as_fd(), name, &text, map)
@@ -153,16 +152,25 @@ fn run(cmd: &Cmd, common: &Common, log: &Logger) -> Result<String, String> {
 fn confine_export(
     dir: &std::os::fd::OwnedFd,
     map_dir: &std::os::fd::OwnedFd,
+    require: bool,
     log: &Logger,
 ) -> Result<(), String> {
     use spool_wire::sandbox::{self, Fs};
     let held = dir.try_clone().map_err(|e| format!("dup: {e}"))?;
     let held_map = map_dir.try_clone().map_err(|e| format!("dup: {e}"))?;
-    match sandbox::Sandbox::new()
+    let sb = sandbox::Sandbox::new()
         .allow_fd(held, sandbox::read())
-        .allow_fd(held_map, Fs::MakeReg | Fs::WriteFile | Fs::RemoveFile)
-        .restrict()
-    {
+        .allow_fd(held_map, Fs::MakeReg | Fs::WriteFile | Fs::RemoveFile);
+    confine(sb, require, log)
+}
+
+/// Applies `sb`; with `require` (--require-sandbox) anything less than a fully enforced
+/// Landlock ruleset is an error, before any change is made. Then the debug hooks run.
+fn confine(sb: spool_wire::sandbox::Sandbox, require: bool, log: &Logger) -> Result<(), String> {
+    match sb.restrict() {
+        Ok(st) if require && st.landlock != spool_wire::sandbox::Enforced::Full => {
+            return Err(format!("--require-sandbox: {st}"));
+        }
         Ok(st) => log.log(Level::Debug, &format!("confined: {st}")),
         Err(e) => return Err(format!("cannot confine: {e}")),
     }
