@@ -946,3 +946,43 @@ fn relay_require_sandbox_refuses_a_partial_sandbox() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!rec.exists(), "{err}");
 }
+
+/// pop-relay-record `--require-sandbox` on a kernel whose Landlock is older than the rights
+/// asked for (`POPSPOOL_TEST_LANDLOCK_ABI=3`, debug builds): the recorder records nothing
+/// and says why, and the login goes on (pop-relay-ok's byte meets a closed pipe, which it
+/// logs); without the option it records.
+#[test]
+fn recorder_require_sandbox_records_nothing_when_partial() {
+    let test = "recorder_require_sandbox_records_nothing_when_partial";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin("pop-relay-record"))
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .args(extra)
+            .arg(bin("pop-relay-ok"))
+            .args(["--log", "stderr", "true"])
+            .env("TCPREMOTEIP", "192.0.2.12")
+            .env("POPSPOOL_TEST_LANDLOCK_ABI", "3")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        err
+    };
+    let err = run(&["--require-sandbox"]);
+    assert!(
+        err.contains("--require-sandbox: landlock: partial"),
+        "{err}"
+    );
+    assert!(!relay.join("192.0.2.12").exists(), "{err}");
+    let err = run(&[]);
+    assert!(err.contains("client=192.0.2.12 recorded"), "{err}");
+    assert!(relay.join("192.0.2.12").exists(), "{err}");
+}

@@ -319,15 +319,15 @@ pub fn write_atomically_at(
 ///
 /// The recorder confines itself before it reads the pipe: Landlock grants it the relay
 /// directory alone (through the descriptor, so no path is followed again), no exec and no TCP,
-/// and `no_new_privs` is set; `on_confined` is called in it with the outcome (for logging).
-/// The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
+/// and `no_new_privs` is set; `on_confined` is called in it with the outcome (for logging),
+/// and when it returns false the recorder exits without reading the pipe. The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
 /// logging).
 pub fn start_recorder(
     dir: OwnedFd,
     addr: String,
     keep_stderr: bool,
     limit: Duration,
-    on_confined: impl FnOnce(std::io::Result<spool_wire::sandbox::Status>),
+    on_confined: impl FnOnce(std::io::Result<spool_wire::sandbox::Status>) -> bool,
     on_record: impl FnOnce(Result<bool, Error>),
 ) -> Result<OwnedFd, Error> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
@@ -351,7 +351,9 @@ pub fn start_recorder(
             // SAFETY: as above; this process is a copy of a single-threaded one.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 detach(keep_stderr, &[r.as_raw_fd(), dir.as_raw_fd()]);
-                on_confined(drop_capabilities().and_then(|()| confine_recorder(dir.as_fd())));
+                if !on_confined(drop_capabilities().and_then(|()| confine_recorder(dir.as_fd()))) {
+                    std::process::exit(0)
+                }
                 let outcome = wait_for_login(r.as_fd(), limit).and_then(|ok| {
                     if ok {
                         record(dir.as_fd(), &addr).map(|()| true)
