@@ -691,6 +691,7 @@ fn recorder_is_confined_to_the_relay_directory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+    assert!(err.contains(" capeff=0x0 capprm=0x0"), "{err}");
     // SAFETY: the ABI version query only returns a number.
     let abi = unsafe {
         libc::syscall(
@@ -709,6 +710,49 @@ fn recorder_is_confined_to_the_relay_directory() {
     assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
     assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
     assert!(!relay.join("192.0.2.9").exists(), "no login, no record");
+}
+
+/// The recorder holds no capability in any set, and still creates a record and refreshes an
+/// old one's time: both are rights of the directory's and the records' owner, root.
+#[test]
+fn recorder_without_capabilities_still_records() {
+    let test = "recorder_without_capabilities_still_records";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let rec = relay.join("192.0.2.11");
+    let run = || {
+        // The chain says "logged in" at once; the recorder keeps stderr, so output() returns
+        // once it has recorded and exited.
+        let out = Command::new(bin("pop-relay-record"))
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .args(["sh", "-c", r#"printf + >&"$POPRELAYFD""#])
+            .env("TCPREMOTEIP", "192.0.2.11")
+            .env("POPSPOOL_TEST_SELF", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("test-self uid=0 nnp=1 ") && err.contains(" capeff=0x0 capprm=0x0"),
+            "{err}"
+        );
+        assert!(err.contains("client=192.0.2.11 recorded"), "{err}");
+        err
+    };
+    run();
+    assert!(appears(&rec), "the record is created");
+    set_age(&rec, 90);
+    run();
+    let age = SystemTime::now()
+        .duration_since(fs::metadata(&rec).unwrap().modified().unwrap())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(30 * 60), "refreshed: {age:?}");
 }
 
 /// `pop-relay expire` confines itself to the relay directory before it removes anything:
@@ -755,4 +799,190 @@ fn expire_is_confined_to_the_relay_directory() {
     }
     assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
     assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
+}
+
+/// `pop-relay export` writes the map from a confined process: no_new_privs, /etc/passwd, a
+/// file in the map's own directory and exec refused (debug hooks), and the map still written;
+/// with --postmap the confined child writes the map and the unconfined parent runs postmap,
+/// whose map `postmap -q` reads.
+#[test]
+fn export_is_confined_to_the_relay_and_map_directories() {
+    let test = "export_is_confined_to_the_relay_and_map_directories";
+    if !is_root() {
+        return skip(test, "needs root (root-owned relay and map directories)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    let maps = d.path().join("maps");
+    for p in [&relay, &maps] {
+        fs::create_dir(p).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::write(relay.join("192.0.2.20"), "").unwrap();
+    let beside = maps.join("main.cf");
+    fs::write(&beside, "secret\n").unwrap();
+    let map = maps.join("relay");
+    let postmap = which("postmap").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/postmap");
+        p.exists().then_some(p)
+    });
+    let mut runs = vec![None];
+    if let Some(p) = &postmap {
+        runs.push(Some(format!("--postmap={}", p.display())));
+    }
+    for pm in &runs {
+        let out = Command::new(bin("pop-relay"))
+            .args(["export", "--log", "stderr", "--dir"])
+            .arg(&relay)
+            .arg("--map")
+            .arg(&map)
+            .args(pm.iter())
+            .env("POPSPOOL_TEST_SELF", "1")
+            .env(
+                "POPSPOOL_TEST_OPEN",
+                std::env::join_paths([Path::new("/etc/passwd"), &beside]).unwrap(),
+            )
+            .env("POPSPOOL_TEST_EXEC", "/bin/true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{pm:?}: {err}");
+        assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
+        assert!(err.contains("exported 1 addresses"), "{err}");
+        assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.20 OK\n");
+        // SAFETY: the ABI version query only returns a number.
+        let abi = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+                1u32,
+            )
+        };
+        if abi >= 1 {
+            assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
+            let refused = format!("test-open {}: errno 13 ", beside.display());
+            assert!(err.contains(&refused), "{err}");
+            assert!(err.contains("test-exec /bin/true: errno 13 "), "{err}");
+        }
+    }
+    if runs.len() == 1 {
+        return skip(test, "postfix not installed: postmap not checked");
+    }
+    let o = Command::new(postmap.unwrap())
+        .args(["-q", "192.0.2.20"])
+        .arg(format!("hash:{}", map.display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "OK");
+}
+
+/// pop-relay-ok writes its byte to the pipe POPRELAYFD names, closes it and every other
+/// inherited descriptor above 2, removes POPRELAYFD, and execs PROG with 0, 1 and 2 alone.
+#[test]
+fn relay_ok_leaves_its_program_only_the_client_descriptors() {
+    let script = format!(
+        r#"exec 5>&1 6</etc/hostname 7</dev/null; POPRELAYFD=5 exec {} --log stderr sh -c 'ls /proc/$$/fd; echo relay=$POPRELAYFD'"#,
+        bin("pop-relay-ok").display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // The pipe is the same as stdout here: the login byte comes first.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "+0\n1\n2\nrelay=\n",
+        "{err}"
+    );
+}
+
+/// `--require-sandbox`: on a kernel whose Landlock is older than the rights asked for
+/// (`POPSPOOL_TEST_LANDLOCK_ABI=3`, debug builds) expire and export refuse with exit 111 and
+/// change nothing; without the option they run partially confined.
+#[test]
+fn relay_require_sandbox_refuses_a_partial_sandbox() {
+    let test = "relay_require_sandbox_refuses_a_partial_sandbox";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let rec = relay.join("192.0.2.30");
+    fs::write(&rec, "").unwrap();
+    set_age(&rec, 90);
+    let map = d.path().join("map");
+    let run = |args: &[&str], abi: &str| {
+        let out = Command::new(bin("pop-relay"))
+            .args(args)
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .env("POPSPOOL_TEST_LANDLOCK_ABI", abi)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let map_arg = map.to_str().unwrap();
+    let export = ["export", "--max-age-minutes", "120", "--map", map_arg];
+    let (code, err) = run(&["export", "--require-sandbox", "--map", map_arg], "3");
+    assert_eq!(code, Some(111), "{err}");
+    assert!(
+        err.contains("--require-sandbox: landlock: partial"),
+        "{err}"
+    );
+    assert!(!map.exists(), "{err}");
+    let (code, err) = run(&["expire", "--require-sandbox"], "3");
+    assert_eq!(code, Some(111), "{err}");
+    assert!(rec.exists(), "{err}");
+    let (code, err) = run(&export, "3");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.30 OK\n");
+    let (code, err) = run(&["expire"], "3");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!rec.exists(), "{err}");
+}
+
+/// pop-relay-record `--require-sandbox` on a kernel whose Landlock is older than the rights
+/// asked for (`POPSPOOL_TEST_LANDLOCK_ABI=3`, debug builds): the recorder records nothing
+/// and says why, and the login goes on (pop-relay-ok's byte meets a closed pipe, which it
+/// logs); without the option it records.
+#[test]
+fn recorder_require_sandbox_records_nothing_when_partial() {
+    let test = "recorder_require_sandbox_records_nothing_when_partial";
+    if !is_root() {
+        return skip(test, "needs root (a root-owned relay directory)");
+    }
+    let d = private_dir();
+    let relay = d.path().join("relay");
+    fs::create_dir(&relay).unwrap();
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin("pop-relay-record"))
+            .args(["--log", "stderr", "--dir"])
+            .arg(&relay)
+            .args(extra)
+            .arg(bin("pop-relay-ok"))
+            .args(["--log", "stderr", "true"])
+            .env("TCPREMOTEIP", "192.0.2.12")
+            .env("POPSPOOL_TEST_LANDLOCK_ABI", "3")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        err
+    };
+    let err = run(&["--require-sandbox"]);
+    assert!(
+        err.contains("--require-sandbox: landlock: partial"),
+        "{err}"
+    );
+    assert!(!relay.join("192.0.2.12").exists(), "{err}");
+    let err = run(&[]);
+    assert!(err.contains("client=192.0.2.12 recorded"), "{err}");
+    assert!(relay.join("192.0.2.12").exists(), "{err}");
 }

@@ -38,6 +38,11 @@ struct Args {
     #[arg(long, default_value = "syslog")]
     log: LogTarget,
 
+    /// Record nothing (the login goes on) unless the kernel fully enforces the recorder's
+    /// Landlock sandbox (see CONFINEMENT in pop-relay-record(8)).
+    #[arg(long)]
+    require_sandbox: bool,
+
     /// The rest of the chain (pop-checkpassword ... pop-relay-ok ...).
     #[arg(required = true, trailing_var_arg = true, value_name = "PROG")]
     prog: Vec<OsString>,
@@ -82,14 +87,29 @@ fn real_main() -> u8 {
             let client = addr.clone();
             let limit = Duration::from_secs(args.login_timeout);
             let keep_stderr = target == LogTarget::Stderr;
+            let require = args.require_sandbox;
             let confined = move |st: std::io::Result<spool_wire::sandbox::Status>| {
                 let log = Logger::new("pop-relay-record", target);
-                match st {
-                    Ok(st) => log.log(Level::Debug, &format!("recorder confined: {st}")),
-                    Err(e) => log.log(Level::Err, &format!("recorder not confined: {e}")),
-                }
+                let go_on = match st {
+                    Ok(st) if require && st.landlock != spool_wire::sandbox::Enforced::Full => {
+                        log.log(
+                            Level::Err,
+                            &format!("--require-sandbox: {st}: nothing will be recorded"),
+                        );
+                        false
+                    }
+                    Ok(st) => {
+                        log.log(Level::Debug, &format!("recorder confined: {st}"));
+                        true
+                    }
+                    Err(e) => {
+                        log.log(Level::Err, &format!("recorder not confined: {e}"));
+                        !require
+                    }
+                };
                 #[cfg(debug_assertions)]
                 spool_wire::testhooks::run(&log);
+                go_on
             };
             let started =
                 relay::start_recorder(dir, addr, keep_stderr, limit, confined, move |r| {

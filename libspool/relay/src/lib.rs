@@ -275,12 +275,24 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
         )));
     };
     let dir = open_dir(parent)?;
+    write_atomically_at(dir.as_fd(), name, text, map)
+}
+
+/// [`write_atomically`] in the directory `dir` already open, as `name`; `map` names it in
+/// errors. Needs only these rights there: make a regular file, write it, remove a file
+/// (the rename replaces the old map; a stale temp file is removed).
+pub fn write_atomically_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    text: &str,
+    map: &Path,
+) -> Result<(), Error> {
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".tmp.{}", std::process::id()));
-    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     let fd = rustix::fs::openat(
-        &dir,
+        dir,
         &tmp,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
@@ -292,10 +304,10 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
         .and_then(|()| f.sync_all())
         .map_err(|e| err(map.display(), e))
         .and_then(|()| {
-            rustix::fs::renameat(&dir, &tmp, &dir, name).map_err(|e| err(map.display(), e))
+            rustix::fs::renameat(dir, &tmp, dir, name).map_err(|e| err(map.display(), e))
         });
     if done.is_err() {
-        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     }
     done
 }
@@ -307,15 +319,15 @@ pub fn write_atomically(map: &Path, text: &str) -> Result<(), Error> {
 ///
 /// The recorder confines itself before it reads the pipe: Landlock grants it the relay
 /// directory alone (through the descriptor, so no path is followed again), no exec and no TCP,
-/// and `no_new_privs` is set; `on_confined` is called in it with the outcome (for logging).
-/// The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
+/// and `no_new_privs` is set; `on_confined` is called in it with the outcome (for logging),
+/// and when it returns false the recorder exits without reading the pipe. The recorder waits at most `limit`; `on_record` is called in it with the outcome (for
 /// logging).
 pub fn start_recorder(
     dir: OwnedFd,
     addr: String,
     keep_stderr: bool,
     limit: Duration,
-    on_confined: impl FnOnce(std::io::Result<spool_wire::sandbox::Status>),
+    on_confined: impl FnOnce(std::io::Result<spool_wire::sandbox::Status>) -> bool,
     on_record: impl FnOnce(Result<bool, Error>),
 ) -> Result<OwnedFd, Error> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
@@ -339,7 +351,9 @@ pub fn start_recorder(
             // SAFETY: as above; this process is a copy of a single-threaded one.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 detach(keep_stderr, &[r.as_raw_fd(), dir.as_raw_fd()]);
-                on_confined(confine_recorder(dir.as_fd()));
+                if !on_confined(drop_capabilities().and_then(|()| confine_recorder(dir.as_fd()))) {
+                    std::process::exit(0)
+                }
                 let outcome = wait_for_login(r.as_fd(), limit).and_then(|ok| {
                     if ok {
                         record(dir.as_fd(), &addr).map(|()| true)
@@ -352,6 +366,50 @@ pub fn start_recorder(
             std::process::exit(0)
         }
     }
+}
+
+/// Drops every capability: the Bounding set first (while CAP_SETPCAP is still effective; a
+/// process without it keeps its Bounding set, which no_new_privs and the absence of exec
+/// make moot), then Ambient, then Effective, Permitted and Inheritable, read back to check.
+/// The recorder needs none once it holds the directory's descriptor: it runs as root, the
+/// owner of the relay directory ([`open_dir`] accepts no other owner when run as root) and
+/// of every record in it, so creating a record (owner's write permission on the directory)
+/// and setting its times (the file's owner) are plain owner rights. A directory whose owner
+/// has no write permission refuses records.
+pub fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let setpcap = rustix::thread::capabilities(None)?
+        .effective
+        .contains(CapabilitySet::SETPCAP);
+    if setpcap {
+        for cap in 0..64u32 {
+            let one = CapabilitySet::from_bits_retain(1u64 << cap);
+            match rustix::thread::capability_is_in_bounding_set(one) {
+                Ok(true) => rustix::thread::remove_capability_from_bounding_set(one)?,
+                Ok(false) => {}
+                // EINVAL: beyond the kernel's last capability.
+                Err(_) => break,
+            }
+        }
+    }
+    match rustix::thread::clear_ambient_capability_set() {
+        // EINVAL: a kernel without an ambient set.
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, none)?;
+    let now = rustix::thread::capabilities(None)?;
+    if !(now.effective.is_empty() && now.permitted.is_empty() && now.inheritable.is_empty()) {
+        return Err(std::io::Error::other(
+            "capabilities left after dropping them",
+        ));
+    }
+    Ok(())
 }
 
 /// The recorder's sandbox: the relay directory (files made, written, removed) and nothing
