@@ -48,15 +48,7 @@ struct Args {
     prog: Vec<OsString>,
 }
 
-/// The C entry point: std's start-up minus its costly stack probe (see `spool_wire::start`).
-#[cfg(not(test))]
-#[no_mangle]
-extern "C" fn main(
-    _argc: std::os::raw::c_int,
-    _argv: *const *const std::os::raw::c_char,
-) -> std::os::raw::c_int {
-    spool_wire::start::run(real_main)
-}
+spool_wire::lean_main!(real_main);
 
 fn real_main() -> u8 {
     // fd 3 carries the credentials for the next program: kept.

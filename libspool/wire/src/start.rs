@@ -25,6 +25,24 @@
 use std::os::raw::c_int;
 use std::panic::{self, AssertUnwindSafe};
 
+/// Declares the program's C `main`, which calls [`run`] with `$main` (a `fn() -> u8`). For a
+/// crate with `#![no_main]`; left out of test builds, where the test harness has the `main`.
+#[macro_export]
+macro_rules! lean_main {
+    ($main:path) => {
+        /// The C entry point: std's start-up minus its costly stack probe (see
+        /// `spool_wire::start`).
+        #[cfg(not(test))]
+        #[no_mangle]
+        extern "C" fn main(
+            _argc: ::std::os::raw::c_int,
+            _argv: *const *const ::std::os::raw::c_char,
+        ) -> ::std::os::raw::c_int {
+            $crate::start::run($main)
+        }
+    };
+}
+
 /// The exit status of a program whose `main` panicked, as with std's own start-up.
 pub const PANIC_STATUS: c_int = 101;
 
