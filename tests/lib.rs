@@ -3,6 +3,7 @@
 //! POP3 client must receive for every message, and a small POP3 client for scripted sessions.
 
 pub mod gen;
+pub mod hooks;
 pub mod listen;
 pub mod pop;
 pub mod tlsca;

@@ -6,6 +6,7 @@
 //! helper, now run by the lock broker.
 
 use popspool_tests::gen;
+use popspool_tests::hooks::{assert_allowed, assert_denied, kernel_has_landlock};
 use popspool_tests::pop::{Client, Served};
 use popspool_tests::{bin, is_root, skip};
 use std::fs;
@@ -13,43 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const EACCES: &str = "errno 13 ";
-
-/// True when the running kernel has Landlock enabled (it answers the ABI version query).
-fn kernel_has_landlock() -> bool {
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag (1)
-    // only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    abi >= 1
-}
-
 fn join_paths(paths: &[&Path]) -> std::ffi::OsString {
     std::env::join_paths(paths).unwrap()
-}
-
-/// The line the hook logged for `what` (`test-open` or `test-exec`) and `path`.
-fn hook_line<'a>(log: &'a str, what: &str, path: &Path) -> &'a str {
-    let want = format!("{what} {}: ", path.display());
-    log.lines()
-        .find(|l| l.contains(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in the log:\n{log}"))
-}
-
-fn assert_denied(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.contains(EACCES), "{path:?} not refused: {line}");
-}
-
-fn assert_allowed(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.ends_with(": ok"), "{path:?} refused: {line}");
 }
 
 /// `NoNewPrivs:` of a running process.

@@ -7,6 +7,7 @@
 //! (`POPSPOOL_TEST_LANDLOCK_ABI`, debug builds) for pop-deliver and pop-serve: the file rules
 //! hold, delivery and service go on, and `--require-sandbox` refuses.
 
+use popspool_tests::hooks::{assert_allowed, assert_denied, kernel_has_landlock};
 use popspool_tests::pop::Client;
 use popspool_tests::{bin, gen, is_root, skip};
 use std::fs;
@@ -16,43 +17,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-const EACCES: &str = "errno 13 ";
 const MESSAGE: &[u8] = b"Subject: confined\n\nbody line\n";
-
-/// True when the running kernel has Landlock enabled (it answers the ABI version query).
-fn kernel_has_landlock() -> bool {
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag (1)
-    // only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    abi >= 1
-}
 
 fn join_paths(paths: &[&Path]) -> std::ffi::OsString {
     std::env::join_paths(paths).unwrap()
-}
-
-fn hook_line<'a>(log: &'a str, what: &str, path: &Path) -> &'a str {
-    let want = format!("{what} {}: ", path.display());
-    log.lines()
-        .find(|l| l.contains(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in the log:\n{log}"))
-}
-
-fn assert_denied(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.contains(EACCES), "{path:?} not refused: {line}");
-}
-
-fn assert_allowed(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.ends_with(": ok"), "{path:?} refused: {line}");
 }
 
 fn proc_field(pid: u32, file: &str, prefix: &str) -> String {

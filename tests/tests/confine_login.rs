@@ -15,6 +15,7 @@
 //! `-ERR [SYS/TEMP]` and exits 111 when Landlock is partial.
 
 use popspool_tests::gen;
+use popspool_tests::hooks::{assert_allowed, assert_denied};
 use popspool_tests::listen::{self, Launcher};
 use popspool_tests::pop::Client;
 use popspool_tests::{bin, is_root, skip};
@@ -28,34 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const EACCES: &str = "errno 13 ";
 const PASSWORD: &str = "s3cret pass";
 
 /// True when the running kernel has Landlock enabled (it answers the ABI version query).
 fn kernel_abi() -> i64 {
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag (1)
-    // only returns a number.
-    unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    }
-}
-
-/// The line the hook logged for `what` (`test-open` or `test-exec`) and `path`.
-fn hook_line<'a>(log: &'a str, what: &str, path: &Path) -> &'a str {
-    let want = format!("{what} {}: ", path.display());
-    log.lines()
-        .find(|l| l.contains(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in the log:\n{log}"))
-}
-
-fn assert_denied(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.contains(EACCES), "{path:?} not refused: {line}");
+    spool_wire::sandbox::kernel_abi()
 }
 
 /// The `test-self` line of the log.
@@ -72,11 +50,6 @@ fn field_hex(line: &str, name: &str) -> u64 {
         .find_map(|w| w.strip_prefix(&format!("{name}=0x")))
         .unwrap_or_else(|| panic!("no {name} in {line}"));
     u64::from_str_radix(v, 16).unwrap()
-}
-
-fn assert_allowed(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.ends_with(": ok"), "{path:?} refused: {line}");
 }
 
 /// A passwd-file with one account (the invoking user's ids, or 65534 as root) and its home.

@@ -7,45 +7,12 @@
 //! are said on stderr, the file rules of ABI 1-3 hold, and `--require-sandbox` refuses
 //! (exit 111).
 
+use popspool_tests::hooks::{assert_allowed, assert_denied, kernel_has_landlock};
 use popspool_tests::{bin, gen, is_root, skip};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-const EACCES: &str = "errno 13 ";
-
-/// True when the running kernel has Landlock enabled (it answers the ABI version query).
-fn kernel_has_landlock() -> bool {
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag (1)
-    // only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    abi >= 1
-}
-
-fn hook_line<'a>(log: &'a str, what: &str, path: &Path) -> &'a str {
-    let want = format!("{what} {}: ", path.display());
-    log.lines()
-        .find(|l| l.contains(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in the log:\n{log}"))
-}
-
-fn assert_denied(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.contains(EACCES), "{path:?} not refused: {line}");
-}
-
-fn assert_allowed(log: &str, what: &str, path: &Path) {
-    let line = hook_line(log, what, path);
-    assert!(line.ends_with(": ok"), "{path:?} refused: {line}");
-}
 
 /// Runs pop-spool with `args` and `env`: (exit code, stdout, stderr).
 fn spool(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (i32, String, String) {

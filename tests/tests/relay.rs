@@ -692,15 +692,7 @@ fn recorder_is_confined_to_the_relay_directory() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
     assert!(err.contains(" capeff=0x0 capprm=0x0"), "{err}");
-    // SAFETY: the ABI version query only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = spool_wire::sandbox::kernel_abi();
     if abi < 1 {
         return skip(
             test,
@@ -782,15 +774,7 @@ fn expire_is_confined_to_the_relay_directory() {
     assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
     assert!(err.contains("expired 1 records"), "{err}");
     assert!(!relay.join("192.0.2.10").exists());
-    // SAFETY: the ABI version query only returns a number.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = spool_wire::sandbox::kernel_abi();
     if abi < 1 {
         return skip(
             test,
@@ -850,15 +834,7 @@ fn export_is_confined_to_the_relay_and_map_directories() {
         assert!(err.contains("test-self uid=0 nnp=1 "), "{err}");
         assert!(err.contains("exported 1 addresses"), "{err}");
         assert_eq!(fs::read_to_string(&map).unwrap(), "192.0.2.20 OK\n");
-        // SAFETY: the ABI version query only returns a number.
-        let abi = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                std::ptr::null::<libc::c_void>(),
-                0usize,
-                1u32,
-            )
-        };
+        let abi = spool_wire::sandbox::kernel_abi();
         if abi >= 1 {
             assert!(err.contains("test-open /etc/passwd: errno 13 "), "{err}");
             let refused = format!("test-open {}: errno 13 ", beside.display());
